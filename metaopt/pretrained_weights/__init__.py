@@ -1,0 +1,1 @@
+"""Shipped meta-trained weights (see metaopt.pretrained)."""
