@@ -105,9 +105,13 @@ def infer_param_meta(params: Any, base_params: Any = None) -> Any:
     route (as in the ``mup`` package's base shapes), and it records ``base_fan_in`` for µAdam.
 
     Without it, a dimension is taken to grow with width when its size occurs both as some matrix's
-    fan-in and as some matrix's fan-out (hidden sizes are produced and consumed; data features are only
-    consumed, class counts only produced). The guess can be wrong for tied or square embeddings:
-    pass ``roles=`` to ``resolve_param_meta`` to override it.
+    input dimension and as some matrix's output dimension (hidden sizes are produced and consumed;
+    data features are only consumed, class counts only produced). For convolution kernels
+    (..., in_channels, out_channels) the input dimension is ``in_channels``, while ``fan_in`` still
+    counts the receptive field. The guess can be wrong for tied or square embeddings: pass ``roles=``
+    to ``resolve_param_meta`` to override it. When ``base_params`` has exactly the shapes of
+    ``params`` (the model is at its base width, so no dimension is seen to grow), roles come from the
+    same guess and every ``base_fan_in`` equals ``fan_in``.
 
     Args:
       params: a pytree of arrays (or shape structs).
@@ -123,27 +127,38 @@ def infer_param_meta(params: Any, base_params: Any = None) -> Any:
         if base_def != treedef:
             raise ValueError("base_params: structure does not match params "
                              f"({base_def} vs {treedef})")
-        metas = []
-        for shape, base_leaf in zip(shapes, base_leaves):
-            base_shape = tuple(np.shape(base_leaf))
+        base_shapes = [tuple(np.shape(x)) for x in base_leaves]
+        for shape, base_shape in zip(shapes, base_shapes):
             if len(base_shape) != len(shape):
                 raise ValueError(f"base_params: a tensor of shape {shape} has base shape {base_shape}")
+        if base_shapes == shapes:
+            # At the base width nothing is seen to grow; comparing would call every hidden matrix
+            # "input" and drop µLO's 1/fan_in, so the roles come from the shape heuristic instead.
+            metas = [dataclasses.replace(m, base_fan_in=m.fan_in) for m in _heuristic_metas(shapes)]
+            return jax.tree.unflatten(treedef, metas)
+        metas = []
+        for shape, base_shape in zip(shapes, base_shapes):
             fan_in, fan_out = fans(shape)
             base_fan_in, base_fan_out = fans(base_shape)
             role = _role_from_growth(len(shape), fan_in != base_fan_in, fan_out != base_fan_out)
             metas.append(ParamMeta(role, fan_in, fan_out, base_fan_in))
         return jax.tree.unflatten(treedef, metas)
+    return jax.tree.unflatten(treedef, _heuristic_metas(shapes))
 
-    matrix_fans = [fans(s) for s in shapes if len(s) >= 2]
-    produced = {fo for _, fo in matrix_fans}
-    consumed = {fi for fi, _ in matrix_fans}
+
+def _heuristic_metas(shapes: list[tuple[int, ...]]) -> list[ParamMeta]:
+    """Roles from which sizes occur both as an input and as an output dimension of some kernel."""
+    kernels = [s for s in shapes if len(s) >= 2]
+    produced = {s[-1] for s in kernels}
+    consumed = {s[-2] for s in kernels}
     width_like = produced & consumed
     metas = []
     for shape in shapes:
         fan_in, fan_out = fans(shape)
-        role = _role_from_growth(len(shape), fan_in in width_like, fan_out in width_like)
+        in_grows = len(shape) >= 2 and shape[-2] in width_like
+        role = _role_from_growth(len(shape), in_grows, fan_out in width_like)
         metas.append(ParamMeta(role, fan_in, fan_out))
-    return jax.tree.unflatten(treedef, metas)
+    return metas
 
 
 def resolve_param_meta(params: Any, param_meta: Any = None, roles: Any = None,
