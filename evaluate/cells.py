@@ -1,0 +1,204 @@
+"""One cell of a suite: every optimizer on one task at one horizon, with its statistics.
+
+The learned optimizer runs once per reported seed (one vmapped program). Each baseline is first tuned
+on the tuning seed (or takes a fixed or transferred learning rate), then runs on the reported seeds.
+The cell's target loss is the best baseline's mean final training loss; every optimizer's steps to
+reach it give the speed-up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from metaopt.evaluate import runner, stats, suites, tuning
+
+PyTree = Any
+
+
+def optimizer_record(losses: np.ndarray, evals: np.ndarray, window: int, curve_points: int,
+                     confidence: float, tolerance: float = 0.0) -> dict:
+    """Statistics of one optimizer's reported seeds (steps to target are added later)."""
+    final_train = stats.final_losses(losses, window)
+    bad = stats.diverged(losses, final_train, evals, tolerance)
+    steps, curves = stats.subsample_curve(losses, curve_points)
+    return {
+        "initial_loss": [stats.to_float(x) for x in losses[:, 0]],
+        "final_train_loss": stats.summarize(final_train, bad, confidence),
+        "final_eval_loss": stats.summarize(evals, bad, confidence),
+        "diverged": [bool(b) for b in bad],
+        "n_diverged": int(bad.sum()),
+        "curve": {"steps": steps, "per_seed": curves},
+    }
+
+
+# Floats held per parameter per vmapped run at the peak of a learned-optimizer step: parameters,
+# gradients, accumulators and the per-parameter network's features and hidden activations.
+FLOATS_PER_PARAM = 128
+
+
+def estimated_bytes(num_params: int, suite: dict) -> int:
+    """A generous estimate of the memory the largest batch of runs of a cell needs."""
+    return int(num_params) * 4 * FLOATS_PER_PARAM * suite["seeds"]
+
+
+def build_task(cell: suites.Cell, get_family: Callable):
+    """The Task of a cell."""
+    family = get_family(cell.family, **dict(cell.family_kwargs))
+    return family.task(cell.config)
+
+
+def skipped_record(cell: suites.Cell, reason: str, **extra) -> dict:
+    """The record of a cell that is not run."""
+    return {**cell_header(cell), "status": "skipped", "skip_reason": reason, **extra}
+
+
+def cell_header(cell: suites.Cell) -> dict:
+    """The fields that say what a cell is."""
+    return {
+        "name": cell.name,
+        "value": cell.value,
+        "x": cell.x,
+        "family": cell.family,
+        "family_kwargs": dict(cell.family_kwargs),
+        "config": suites.config_fields(cell.config),
+        "num_steps": cell.num_steps,
+    }
+
+
+def evaluate_cell(cell: suites.Cell, suite: dict, lopt, theta: PyTree, *, get_family: Callable,
+                  transferred: Optional[dict] = None, transferred_from: Optional[str] = None,
+                  progress: Optional[Callable[[int, str], None]] = None) -> dict:
+    """Runs every optimizer of the suite on ``cell``.
+
+    Args:
+      cell: the cell.
+      suite: the resolved suite.
+      lopt, theta: the learned optimizer and its meta-parameters.
+      get_family: ``metaopt.tasks.get_family``.
+      transferred: baseline name -> learning rate tuned on the reference cell (tuning mode transfer);
+        ``None`` tunes here.
+      transferred_from: the reference cell's name (recorded).
+      progress: called with (number of runs finished, description).
+
+    Returns:
+      The cell's JSON-ready record.
+    """
+    progress = progress or (lambda n, desc: None)
+    start = time.time()
+    task = build_task(cell, get_family)
+    num_params = int(task.num_params)
+    if suite["max_params"] is not None and num_params > suite["max_params"]:
+        return skipped_record(cell, f"{num_params} parameters > max_params {suite['max_params']:g}",
+                              num_params=num_params)
+    need = estimated_bytes(num_params, suite)
+    free = runner.available_bytes()
+    if free is not None and need > suite["memory_fraction"] * free:
+        return skipped_record(cell, f"needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free",
+                              num_params=num_params)
+    try:
+        record = _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, progress)
+    except Exception as error:  # noqa: BLE001 (only out-of-memory is turned into a skipped cell)
+        if runner.is_out_of_memory(error):
+            return skipped_record(cell, "out of memory", num_params=num_params)
+        raise
+    record["num_params"] = num_params
+    record["flops_per_step"] = float(task.flops_per_step)
+    record["wall_time_s"] = time.time() - start
+    return record
+
+
+def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, progress) -> dict:
+    num_steps = cell.num_steps
+    window = stats.window_size(num_steps, suite["final_window"])
+    seeds = list(range(suite["seeds"]))
+    keys = runner.seed_keys(seeds)
+    tuning_cfg = suite["tuning"]
+    tuning_key = runner.seed_keys([tuning_cfg["seed"]])
+    optimizers: dict[str, dict] = {}
+    curve_points, confidence = suite["curve_points"], suite["confidence"]
+    tolerance = suite["divergence_tolerance"]
+    raw_losses: dict[str, np.ndarray] = {}
+
+    if suite["learned"]:
+        losses, evals = runner.run(task, runner.LearnedSpec(lopt), num_steps, theta,
+                                   np.zeros(len(seeds)), keys)
+        raw_losses["learned"] = losses
+        optimizers["learned"] = {"kind": lopt.kind, "learning_rate": None, "tuning": None,
+                                 **optimizer_record(losses, evals, window, curve_points, confidence,
+                                                    tolerance)}
+        progress(len(seeds), f"{cell.name}: learned")
+
+    warmup_steps = int(round(tuning_cfg["warmup_fraction"] * num_steps))
+    for name, spec in suite["baselines"].items():
+        bspec = runner.BaselineSpec(name, tuning_cfg["schedule"], warmup_steps,
+                                    runner.hashable_hyper(spec["hyper"]))
+        if spec["learning_rate"] is not None:
+            learning_rate = spec["learning_rate"]
+            tune_record = {"fixed": True, "runs": 0, "steps": 0}
+        elif transferred is not None and name in transferred:
+            learning_rate = transferred[name]
+            tune_record = {"transferred_from": transferred_from, "runs": 0, "steps": 0}
+        else:
+            num_points = tuning_cfg["num_points"]
+            tuning_keys = jnp.repeat(tuning_key, num_points, axis=0)
+
+            def evaluate(lrs, bspec=bspec, tuning_keys=tuning_keys, name=name):
+                out = runner.run(task, bspec, num_steps, None, lrs, tuning_keys)
+                progress(len(lrs), f"{cell.name}: tuning {name}")
+                return out
+
+            lo, hi = spec["grid"]
+            tune_record = tuning.tune_learning_rate(
+                evaluate, lo, hi, num_points, window=window, select_by=tuning_cfg["select_by"],
+                tolerance=tolerance,
+                extend=tuning_cfg["extend"], max_extensions=tuning_cfg["max_extensions"],
+                num_steps=num_steps, name=name)
+            tune_record.update(seed=tuning_cfg["seed"], schedule=tuning_cfg["schedule"],
+                               warmup_steps=warmup_steps)
+            learning_rate = tune_record["best"]
+        losses, evals = runner.run(task, bspec, num_steps, None, np.full(len(seeds), learning_rate), keys)
+        raw_losses[name] = losses
+        optimizers[name] = {"kind": name, "learning_rate": float(learning_rate), "tuning": tune_record,
+                            "schedule": tuning_cfg["schedule"], "warmup_steps": warmup_steps,
+                            "hyper": dict(spec["hyper"]),
+                            **optimizer_record(losses, evals, window, curve_points, confidence,
+                                               tolerance)}
+        progress(len(seeds), f"{cell.name}: {name}")
+
+    target = _target(optimizers, suite["baselines"])
+    for name, rec in optimizers.items():
+        steps = stats.steps_to_target(raw_losses[name], None if target is None else target["loss"], window)
+        rec["steps_to_target"] = stats.summarize_steps(steps, rec["diverged"])
+    if target is not None:
+        best_steps = optimizers[target["optimizer"]]["steps_to_target"]["mean"]
+        target["steps"] = best_steps
+        for rec in optimizers.values():
+            mean = rec["steps_to_target"]["mean"]
+            rec["speedup"] = (None if best_steps is None or mean is None or
+                              rec["steps_to_target"]["reached"] == 0 else float(best_steps) / max(mean, 1.0))
+
+    tuning_runs = sum((rec.get("tuning") or {}).get("runs", 0) for rec in optimizers.values())
+    return {
+        **cell_header(cell),
+        "status": "done",
+        "seeds": seeds,
+        "final_window": window,
+        "target": target,
+        "optimizers": optimizers,
+        "tuning_budget": {"runs": tuning_runs, "steps": tuning_runs * num_steps},
+    }
+
+
+def _target(optimizers: dict, baselines: dict) -> Optional[dict]:
+    """The best baseline's mean final training loss (over its non-diverged seeds)."""
+    best = None
+    for name in baselines:
+        rec = optimizers.get(name)
+        mean = None if rec is None else rec["final_train_loss"]["mean"]
+        if mean is not None and (best is None or mean < best["loss"]):
+            best = {"loss": mean, "optimizer": name}
+    return best
