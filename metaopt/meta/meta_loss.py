@@ -1,0 +1,75 @@
+"""The meta-loss: what a learned optimizer is meta-trained to make small.
+
+The meta-loss of a stretch of inner training is the task's normalised loss (``task.normalize_loss``,
+which puts every task on one scale) of either the training loss or the held-out loss
+(``task.eval_loss``), averaged over the steps of the stretch or taken at its end. A diverged inner
+run (a NaN or inf loss or parameter) gets the worst value, so that the meta-loss stays bounded and
+finite; the estimators additionally drop its contribution to the meta-gradient.
+
+References:
+  Metz et al., "Practical tradeoffs between memory, compute, and performance in learned optimizers",
+  CoLLAs 2022 (normalised, clipped meta-losses; NaN handling in learned_optimization).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from metaopt.task_protocol import InnerTask
+
+PyTree = Any
+
+META_LOSSES = ("train", "eval")
+REDUCTIONS = ("mean", "final")
+
+# Used as the worst meta-loss when the task's normaliser does not bound the loss itself.
+DEFAULT_MAX_META_LOSS = 100.0
+
+
+def worst_meta_loss(task: InnerTask, max_meta_loss: Optional[float] = None) -> jax.Array:
+    """The meta-loss a diverged run gets: the bound of the task's normaliser, or ``max_meta_loss``.
+
+    A normaliser that clips (as learned_optimization's do) maps an infinite loss to its upper
+    bound; that bound is the worst value. Otherwise ``max_meta_loss`` (default
+    ``DEFAULT_MAX_META_LOSS``) is used. When both exist, the smaller one.
+
+    Args:
+      task: the inner task.
+      max_meta_loss: optional cap on the meta-loss.
+
+    Returns:
+      A finite float32 scalar.
+    """
+    bound = jnp.asarray(task.normalize_loss(jnp.asarray(jnp.inf, jnp.float32)), jnp.float32)
+    cap = jnp.asarray(DEFAULT_MAX_META_LOSS if max_meta_loss is None else max_meta_loss, jnp.float32)
+    finite = jnp.isfinite(bound)
+    if max_meta_loss is None:
+        return jnp.where(finite, bound, cap)
+    return jnp.where(finite, jnp.minimum(bound, cap), cap)
+
+
+def normalized(task: InnerTask, losses: jax.Array, worst: jax.Array) -> jax.Array:
+    """Normalises raw losses and bounds them: non-finite values and values above ``worst`` become ``worst``."""
+    values = jnp.asarray(task.normalize_loss(losses), jnp.float32)
+    values = jnp.where(jnp.isfinite(values), values, worst)
+    return jnp.minimum(values, worst)
+
+
+def tree_all_finite(tree: PyTree) -> jax.Array:
+    """True when every floating-point leaf of ``tree`` is finite."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_meta_loss_options(meta_loss: str, reduction: str, *, reduction_field: str = "meta_loss_reduction"
+                            ) -> None:
+    """Raises ``ValueError`` for an unknown meta-loss kind or reduction."""
+    if meta_loss not in META_LOSSES:
+        raise ValueError(f"meta_loss: got {meta_loss!r}, expected one of {META_LOSSES}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction_field}: got {reduction!r}, expected one of {REDUCTIONS}")
