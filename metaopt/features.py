@@ -1,0 +1,288 @@
+"""Gradient accumulators and the per-parameter input features of a learned optimizer.
+
+The accumulators are those of small_fc_lopt: momenta at several decays, one second moment, and
+Adafactor's factored (row/column) second-moment estimates at several decays. For a tensor of shape
+(..., rows, cols) the factored accumulators have shapes (..., rows) and (..., cols), so they cost
+almost no memory; a vector (or scalar) has no factorisation and keeps a full accumulator instead.
+
+Features of one tensor (names as in ``feature_names``; d runs over the decays):
+
+- ``param``, ``grad``: the parameter and its gradient;
+- ``momentum_{d}``: the momenta (not bias-corrected);
+- ``rms``: sqrt(v_hat), with v_hat the bias-corrected second moment;
+- ``momentum_over_rms_{d}``: m_hat_d / (sqrt(v_hat) + eps), m_hat_d the bias-corrected momentum; with
+  d = 0.9 and second-moment decay 0.999 this is exactly Adam's update direction;
+- ``rsqrt_second_moment``: 1 / (sqrt(v_hat) + eps);
+- ``adafactor_grad_{d}``: the gradient divided by the square root of the factored estimate
+  v_d = row_d col_d / mean(row_d);
+- ``adafactor_row_{d}``, ``adafactor_col_{d}``: the row and column accumulators, broadcast;
+- ``adafactor_rsqrt_row_{d}``, ``adafactor_rsqrt_col_{d}``: their reciprocal square roots;
+- ``adafactor_momentum_{d}``: the i-th momentum divided by the square root of the i-th factored estimate.
+
+Accumulators are kept in float32, or in the parameter's dtype when that is wider.
+
+References:
+  Metz et al., "Practical tradeoffs between memory, compute, and performance in learned optimizers",
+  CoLLAs 2022. Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", 2018.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
+SECOND_MOMENT_DECAY = 0.999
+FACTORED_DECAYS = (0.9, 0.99, 0.999)
+
+# Added to squared gradients before factoring so row/column means are never exactly zero.
+_FACTORED_EPS = 1e-30
+
+
+class Accumulators(NamedTuple):
+    """Optimizer state of a learned optimizer built on small_fc_lopt's accumulators.
+
+    Attributes:
+      count: number of updates applied so far (int32 scalar).
+      momentum: per tensor, the momenta stacked on a leading axis: shape (num_momenta, *shape).
+      second_moment: per tensor, shape ``shape``.
+      factored: per tensor, ``(row, col)`` with shapes (num_factored, *shape[:-1]) and
+        (num_factored, *shape[:-2], shape[-1]) for tensors of rank >= 2, or ``(full,)`` of shape
+        (num_factored, *shape) for vectors and scalars.
+    """
+
+    count: jax.Array
+    momentum: PyTree
+    second_moment: PyTree
+    factored: PyTree
+
+
+def _decay_name(decay: float) -> str:
+    return f"{decay:g}"
+
+
+def feature_names(momentum_decays: Sequence[float] = MOMENTUM_DECAYS,
+                  factored_decays: Sequence[float] = FACTORED_DECAYS) -> tuple[str, ...]:
+    """Every per-parameter feature this module can compute, in its canonical order."""
+    return tuple(n for _, members in _feature_groups(momentum_decays, factored_decays) for n in members)
+
+
+def accumulator_dtype(dtype: Any) -> jnp.dtype:
+    """float32, or the parameter's dtype when that is a wider float."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize > 4:
+        return dtype
+    return jnp.dtype(jnp.float32)
+
+
+def _init_factored(p: jax.Array, num: int, dtype) -> tuple:
+    shape = p.shape
+    if p.ndim >= 2:
+        return (jnp.zeros((num, *shape[:-1]), dtype), jnp.zeros((num, *shape[:-2], shape[-1]), dtype))
+    return (jnp.zeros((num, *shape), dtype),)
+
+
+def init_accumulators(params: PyTree, momentum_decays: Sequence[float] = MOMENTUM_DECAYS,
+                      factored_decays: Sequence[float] = FACTORED_DECAYS) -> Accumulators:
+    """Zero accumulators for ``params``."""
+    leaves, treedef = jax.tree.flatten(params)
+    momentum, second, factored = [], [], []
+    for p in leaves:
+        dtype = accumulator_dtype(p.dtype)
+        momentum.append(jnp.zeros((len(momentum_decays), *p.shape), dtype))
+        second.append(jnp.zeros(p.shape, dtype))
+        factored.append(_init_factored(p, len(factored_decays), dtype))
+    return Accumulators(
+        count=jnp.zeros([], jnp.int32),
+        momentum=jax.tree.unflatten(treedef, momentum),
+        second_moment=jax.tree.unflatten(treedef, second),
+        factored=jax.tree.unflatten(treedef, factored),
+    )
+
+
+def _decays(values: Sequence[float], ndim: int, dtype) -> jax.Array:
+    return jnp.asarray(values, dtype).reshape((len(values),) + (1,) * ndim)
+
+
+def _update_tensor(g, momentum, second, factored, momentum_decays, second_moment_decay,
+                   factored_decays):
+    dtype = momentum.dtype
+    g = g.astype(dtype)
+    b_m = _decays(momentum_decays, g.ndim, dtype)
+    momentum = b_m * momentum + (1 - b_m) * g[None]
+    second = second_moment_decay * second + (1 - second_moment_decay) * jnp.square(g)
+    g2 = jnp.square(g) + _FACTORED_EPS
+    if g.ndim >= 2:
+        row, col = factored
+        b_r = _decays(factored_decays, g.ndim - 1, dtype)
+        row = b_r * row + (1 - b_r) * jnp.mean(g2, axis=-1)[None]
+        col = b_r * col + (1 - b_r) * jnp.mean(g2, axis=-2)[None]
+        factored = (row, col)
+    else:
+        (full,) = factored
+        b_f = _decays(factored_decays, g.ndim, dtype)
+        factored = (b_f * full + (1 - b_f) * g2[None],)
+    return momentum, second, factored
+
+
+def update_accumulators(grads: PyTree, state: Accumulators,
+                        momentum_decays: Sequence[float] = MOMENTUM_DECAYS,
+                        second_moment_decay: float = SECOND_MOMENT_DECAY,
+                        factored_decays: Sequence[float] = FACTORED_DECAYS) -> Accumulators:
+    """Folds one gradient into every accumulator and increments the count.
+
+    Shapes and dtypes of the state are unchanged, so a jitted step never recompiles.
+    """
+    g_leaves, treedef = jax.tree.flatten(grads)
+    m_leaves = treedef.flatten_up_to(state.momentum)
+    v_leaves = treedef.flatten_up_to(state.second_moment)
+    f_leaves = treedef.flatten_up_to(state.factored)
+    momentum, second, factored = [], [], []
+    for g, m, v, f in zip(g_leaves, m_leaves, v_leaves, f_leaves):
+        m, v, f = _update_tensor(g, m, v, tuple(f), momentum_decays, second_moment_decay,
+                                 factored_decays)
+        momentum.append(m)
+        second.append(v)
+        factored.append(f)
+    return Accumulators(
+        count=state.count + 1,
+        momentum=jax.tree.unflatten(treedef, momentum),
+        second_moment=jax.tree.unflatten(treedef, second),
+        factored=jax.tree.unflatten(treedef, factored),
+    )
+
+
+def _feature_groups(momentum_decays, factored_decays) -> list[tuple[str, list[str]]]:
+    """(group, feature names) in canonical order; every group is computed as one stacked array."""
+    m = [_decay_name(d) for d in momentum_decays]
+    f = [_decay_name(d) for d in factored_decays]
+    groups = [("param", ["param"]), ("grad", ["grad"]),
+              ("momentum", [f"momentum_{d}" for d in m]), ("rms", ["rms"]),
+              ("momentum_over_rms", [f"momentum_over_rms_{d}" for d in m]),
+              ("rsqrt_second_moment", ["rsqrt_second_moment"])]
+    groups += [(g, [f"{g}_{d}" for d in f]) for g in (
+        "adafactor_grad", "adafactor_row", "adafactor_col", "adafactor_rsqrt_row", "adafactor_rsqrt_col")]
+    if len(momentum_decays) == len(factored_decays):
+        groups.append(("adafactor_momentum", [f"adafactor_momentum_{d}" for d in f]))
+    return groups
+
+
+def _selection(names, momentum_decays, factored_decays) -> list[tuple[str, int, int]]:
+    """``names`` as runs (group, start, stop) of contiguous rows of the stacked groups."""
+    where = {}
+    for group, members in _feature_groups(momentum_decays, factored_decays):
+        for i, name in enumerate(members):
+            where[name] = (group, i)
+    unknown = [n for n in names if n not in where]
+    if unknown:
+        raise ValueError(f"features: unknown feature(s) {unknown}; known: {list(where)}")
+    runs = []
+    for name in names:
+        group, i = where[name]
+        if runs and runs[-1][0] == group and runs[-1][2] == i:
+            runs[-1] = (group, runs[-1][1], i + 1)
+        else:
+            runs.append((group, i, i + 1))
+    return runs
+
+
+def tensor_features(names: Sequence[str], p: jax.Array, g: jax.Array, momentum: jax.Array,
+                    second: jax.Array, factored: tuple, count: jax.Array, *,
+                    momentum_decays: Sequence[float] = MOMENTUM_DECAYS,
+                    second_moment_decay: float = SECOND_MOMENT_DECAY,
+                    factored_decays: Sequence[float] = FACTORED_DECAYS,
+                    eps: float = 1e-8, eps_root: float = 1e-30) -> jax.Array:
+    """The named features of one tensor, stacked on a new leading axis: shape (len(names), *p.shape).
+
+    Features of one kind (all momenta, all factored estimates, ...) are computed as one stacked
+    array, which keeps the traced program (and its compile time) small.
+
+    Args:
+      names: features to compute, a subset of ``feature_names(momentum_decays, factored_decays)``.
+      p, g: the parameter and its gradient.
+      momentum, second, factored: this tensor's accumulators after folding in ``g``.
+      count: updates applied including this one (>= 1), for bias correction.
+      eps: added to square roots in denominators (Adam's epsilon).
+      eps_root: added under square roots, which keeps their derivatives finite where a gradient is
+        exactly zero (meta-gradients through dead units); far below float32 resolution of any
+        non-zero second moment.
+
+    Returns:
+      float32 features.
+    """
+    runs = _selection(names, momentum_decays, factored_decays)
+    dtype = momentum.dtype
+    p = p.astype(dtype)
+    g = g.astype(dtype)
+    t = jnp.asarray(count, dtype)
+
+    def rsqrt(x):
+        return 1.0 / (jnp.sqrt(x + eps_root) + eps)
+
+    def second_moment_hat():
+        return second / (1 - jnp.asarray(second_moment_decay, dtype) ** t)
+
+    def factored_parts():
+        if g.ndim >= 2:
+            row, col = factored
+            row_b = row[..., None]                      # (n, ..., rows, 1)
+            col_b = jnp.expand_dims(col, -2)            # (n, ..., 1, cols)
+            v_fac = row_b * col_b / jnp.mean(row, axis=-1)[..., None, None]
+        else:
+            (full,) = factored
+            row_b = col_b = v_fac = full
+        full_shape = (v_fac.shape[0],) + g.shape
+        return row_b, col_b, v_fac, full_shape
+
+    def group(name):
+        if name == "param":
+            return p[None]
+        if name == "grad":
+            return g[None]
+        if name == "momentum":
+            return momentum
+        if name == "rms":
+            return jnp.sqrt(second_moment_hat() + eps_root)[None]
+        if name == "rsqrt_second_moment":
+            return rsqrt(second_moment_hat())[None]
+        if name == "momentum_over_rms":
+            b_m = _decays(momentum_decays, g.ndim, dtype)
+            return (momentum / (1 - b_m ** t)) * rsqrt(second_moment_hat())[None]
+        row_b, col_b, v_fac, full_shape = factored_parts()
+        if name == "adafactor_grad":
+            return g[None] * rsqrt(v_fac)
+        if name == "adafactor_momentum":
+            return momentum * rsqrt(v_fac)
+        if name == "adafactor_row":
+            return jnp.broadcast_to(row_b, full_shape)
+        if name == "adafactor_col":
+            return jnp.broadcast_to(col_b, full_shape)
+        if name == "adafactor_rsqrt_row":
+            return jnp.broadcast_to(rsqrt(row_b), full_shape)
+        return jnp.broadcast_to(rsqrt(col_b), full_shape)
+
+    if not runs:
+        return jnp.zeros((0,) + g.shape, jnp.float32)
+    cache = {}
+    parts = []
+    for name, start, stop in runs:
+        if name not in cache:
+            cache[name] = group(name)
+        x = cache[name]
+        parts.append(x if (start, stop) == (0, x.shape[0]) else x[start:stop])
+    return jnp.concatenate(parts, axis=0).astype(jnp.float32)
+
+
+def normalize_features(x: jax.Array, eps: float = 1e-30) -> jax.Array:
+    """Divides every feature (leading axis) by its root-mean-square over the tensor, so it is Θ(1)
+    whatever the tensor's size and scale.
+
+    ``eps`` only guards all-zero features: second-moment accumulators of small gradients are
+    themselves tiny (1e-12 and below), and a larger epsilon would stop normalising them.
+    """
+    axes = tuple(range(1, x.ndim))
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + eps)

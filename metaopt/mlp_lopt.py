@@ -1,0 +1,280 @@
+"""A per-parameter MLP learned optimizer (small_fc_lopt), in µP (µLO) or standard form.
+
+For every entry of every tensor, a small MLP reads the per-parameter features of
+``metaopt.features`` (each normalised per tensor by its RMS) and emits a direction d and a magnitude
+m; the step is lambda1 * d * exp(lambda2 * m), and the parameter moves by -s_W times it. In µP mode
+(µLO) s_W is ``ParamMeta.lo_multiplier`` (1/fan_in for hidden matrices, 1 for input, output and bias
+tensors); in SP mode s_W = 1.
+
+Time features (the fraction trained t/T with log T, and the absolute step count; see
+``metaopt.time_features``) are the same for every entry of a tensor, so their first-layer
+contribution is computed once per step and added as a bias rather than broadcast into the
+per-parameter feature tensor.
+
+References:
+  Therien et al., "µLO: Compute-Efficient Meta-Generalization of Learned Optimizers", ICLR 2026.
+  Metz et al., "Practical tradeoffs between memory, compute, and performance in learned optimizers",
+  CoLLAs 2022. Metz et al., "VeLO: Training Versatile Learned Optimizers by Scaling Up", 2022.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metaopt import features as feat
+from metaopt import time_features as tf
+from metaopt.learned_optimizer import LearnedOptimizer, register
+from metaopt.mup import check_multipliers, lo_multipliers, resolve_param_meta
+
+PyTree = Any
+
+MLPLOptState = feat.Accumulators
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class MLPLOpt(LearnedOptimizer):
+    """Per-parameter MLP learned optimizer (µLO when ``mup=True``).
+
+    Attributes:
+      hidden_size: width of the MLP's hidden layers.
+      num_hidden_layers: number of hidden ReLU layers (0: the outputs are linear in the features).
+      mup: multiply each tensor's update by its µLO multiplier s_W (1/fan_in for hidden matrices).
+      time_features: feed the fraction trained as tanh(10 (t/T - c)) and log T (needs ``num_steps``).
+      step_features: feed the absolute step count as tanh(t / tau - 1).
+      features: names of the per-parameter input features (a subset of
+        ``metaopt.features.feature_names``); ``None`` means all of them.
+      normalize_inputs: divide every per-parameter feature by its RMS over the tensor.
+      lambda1: step scale; ``None`` means 0.01 with ``mup=True`` and 0.001 without.
+      lambda2: magnitude scale inside the exponential.
+      momentum_decays, second_moment_decay, factored_decays: the accumulators' decays.
+      eps: Adam-style epsilon of the m/sqrt(v) and reciprocal-sqrt features.
+      output_init_scale: scale of the random init of the output layer (small, so a fresh theta
+        takes small, harmless steps before meta-training).
+
+    With ``num_hidden_layers=0, normalize_inputs=False, mup=False, time_features=False,
+    step_features=False, lambda1=lr`` and a theta whose direction row is one-hot on
+    ``momentum_over_rms_0.9`` (``feature_theta("momentum_over_rms_0.9")``), the update is
+    -lr * m_hat / (sqrt(v_hat) + eps) with beta1 = 0.9, beta2 = 0.999: exactly ``optax.adam(lr)``
+    (up to ``eps_root`` = 1e-30 under the square root, below float32 resolution).
+
+    References:
+      Therien et al., "µLO: Compute-Efficient Meta-Generalization of Learned Optimizers", ICLR 2026.
+    """
+
+    kind: ClassVar[str] = "mlp_lopt"
+
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    mup: bool = True
+    time_features: bool = True
+    step_features: bool = True
+    features: Optional[tuple] = None
+    normalize_inputs: bool = True
+    lambda1: Optional[float] = None
+    lambda2: float = 0.001
+    momentum_decays: tuple = feat.MOMENTUM_DECAYS
+    second_moment_decay: float = feat.SECOND_MOMENT_DECAY
+    factored_decays: tuple = feat.FACTORED_DECAYS
+    eps: float = 1e-8
+    output_init_scale: float = 0.1
+
+    def __post_init__(self):
+        for name in ("momentum_decays", "factored_decays", "features"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if int(self.hidden_size) < 1:
+            raise ValueError(f"hidden_size: must be >= 1, got {self.hidden_size}")
+        if int(self.num_hidden_layers) < 0:
+            raise ValueError(f"num_hidden_layers: must be >= 0, got {self.num_hidden_layers}")
+        if self.lambda1 is not None and not self.lambda1 > 0:
+            raise ValueError(f"lambda1: must be > 0 or None, got {self.lambda1}")
+        for name in ("momentum_decays", "factored_decays"):
+            decays = getattr(self, name)
+            if not decays or any(not 0.0 <= d < 1.0 for d in decays):
+                raise ValueError(f"{name}: must be a non-empty sequence of decays in [0, 1), got {decays}")
+        if not 0.0 <= self.second_moment_decay < 1.0:
+            raise ValueError(f"second_moment_decay: must be in [0, 1), got {self.second_moment_decay}")
+        if self.features is not None:
+            known = feat.feature_names(self.momentum_decays, self.factored_decays)
+            unknown = [n for n in self.features if n not in known]
+            if unknown or not self.features:
+                raise ValueError(f"features: unknown or empty {list(self.features)}; known: {list(known)}")
+
+    # --- architecture -------------------------------------------------------------------------
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Ordered names of the per-parameter input features (rows of ``theta["w0"]``)."""
+        if self.features is not None:
+            return tuple(self.features)
+        return feat.feature_names(self.momentum_decays, self.factored_decays)
+
+    @property
+    def num_time_features(self) -> int:
+        """Length of the time-feature vector (rows of ``theta["w0_time"]``)."""
+        return tf.num_time_features(self.time_features, self.step_features)
+
+    @property
+    def step_scale(self) -> float:
+        """lambda1: as given, else 0.01 in µP mode and 0.001 in SP mode."""
+        if self.lambda1 is not None:
+            return float(self.lambda1)
+        return 0.01 if self.mup else 0.001
+
+    def _layer_sizes(self) -> list[int]:
+        return [len(self.feature_names)] + [self.hidden_size] * self.num_hidden_layers + [2]
+
+    def init(self, key: jax.Array) -> dict:
+        """Random theta: He-normal hidden layers, zero biases.
+
+        Returns:
+          ``{"w0", "b0", "w0_time", "w1", "b1", ...}``: layer i maps sizes[i] -> sizes[i+1], where
+          sizes = [num features, hidden_size x num_hidden_layers, 2]; ``w0_time`` maps the time
+          features into layer 0 (shape (num_time_features, sizes[1])). Output column 0 is the
+          direction, column 1 the magnitude.
+        """
+        sizes = self._layer_sizes()
+        keys = jax.random.split(key, len(sizes))
+        theta = {}
+        num_layers = len(sizes) - 1
+        for i in range(num_layers):
+            rows = sizes[i] + (self.num_time_features if i == 0 else 0)
+            gain = 2.0 if i < num_layers - 1 else 1.0
+            scale = self.output_init_scale if i == num_layers - 1 else 1.0
+            w = scale * np.sqrt(gain / max(rows, 1)) * jax.random.normal(keys[i], (rows, sizes[i + 1]),
+                                                                       jnp.float32)
+            if i == 0:
+                theta["w0"] = w[:sizes[0]]
+                if self.num_time_features:
+                    theta["w0_time"] = w[sizes[0]:]
+            else:
+                theta[f"w{i}"] = w
+            theta[f"b{i}"] = jnp.zeros((sizes[i + 1],), jnp.float32)
+        return theta
+
+    def feature_theta(self, feature: str, scale: float = 1.0) -> dict:
+        """A theta whose direction is exactly ``scale`` times one input feature and magnitude 0.
+
+        Through ReLU layers the feature is carried as relu(x) - relu(-x) on two hidden units.
+        Useful as a hand-built starting point (e.g. ``momentum_over_rms_0.9``: Adam-like).
+        """
+        if feature not in self.feature_names:
+            raise ValueError(f"feature: {feature!r} is not an input; known: {list(self.feature_names)}")
+        if self.num_hidden_layers > 0 and self.hidden_size < 2:
+            raise ValueError("hidden_size: feature_theta needs hidden_size >= 2")
+        theta = jax.tree.map(jnp.zeros_like, self.init(jax.random.key(0)))
+        j = self.feature_names.index(feature)
+        if self.num_hidden_layers == 0:
+            theta["w0"] = theta["w0"].at[j, 0].set(scale)
+            return theta
+        theta["w0"] = theta["w0"].at[j, 0].set(1.0).at[j, 1].set(-1.0)
+        for i in range(1, self.num_hidden_layers):
+            theta[f"w{i}"] = theta[f"w{i}"].at[0, 0].set(1.0).at[1, 1].set(1.0)
+        last = f"w{self.num_hidden_layers}"
+        theta[last] = theta[last].at[0, 0].set(scale).at[1, 0].set(-scale)
+        return theta
+
+    # --- the network --------------------------------------------------------------------------
+
+    def _apply(self, theta: dict, x: jax.Array, time_vec: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """MLP on per-parameter features x (F, N) with the time features as a layer-0 bias.
+
+        Returns:
+          direction and magnitude, each of shape (N,).
+        """
+        bias0 = theta["b0"]
+        if self.num_time_features:
+            bias0 = bias0 + time_vec @ theta["w0_time"]
+        h = jnp.einsum("fn,fh->nh", x, theta["w0"]) + bias0
+        for i in range(1, self.num_hidden_layers + 1):
+            h = jax.nn.relu(h) @ theta[f"w{i}"] + theta[f"b{i}"]
+        return h[:, 0], h[:, 1]
+
+    # --- the optax transformation -------------------------------------------------------------
+
+    def _multipliers(self, params, param_meta, roles, multipliers, base_params):
+        if multipliers is not None:
+            check_multipliers(params, multipliers)
+            return jax.tree.leaves(multipliers)
+        if not self.mup:
+            return [1.0] * len(jax.tree.leaves(params))
+        meta = resolve_param_meta(params, param_meta, roles, base_params)
+        return jax.tree.leaves(lo_multipliers(meta))
+
+    def transform(self, theta: dict, num_steps: Any, *, param_meta: Any = None, roles: Any = None,
+                  multipliers: Any = None, base_params: Any = None
+                  ) -> optax.GradientTransformationExtraArgs:
+        """The optax transformation defined by ``theta`` for a run of ``num_steps`` steps.
+
+        Args:
+          theta: meta-parameters from ``init`` (may be traced: meta-gradients, vmapped populations).
+          num_steps: the run length T used by the fraction features (int, may be traced).
+          param_meta: pytree of ``ParamMeta`` for the params (e.g. ``task.param_meta``).
+          roles: optional pytree of µP role overrides.
+          multipliers: optional pytree of per-tensor update multipliers replacing s_W (applied in
+            SP mode too).
+          base_params: the model at its base width, to infer roles when ``param_meta`` is absent.
+
+        Without ``param_meta`` or ``multipliers``, µP roles are inferred from the gradients' shapes
+        when the update is traced.
+
+        Returns:
+          ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, **extra)``
+          needs ``params`` (the parameter is an input feature) and ignores extra keywords such as
+          ``loss``.
+
+        Raises:
+          ValueError: wrong theta structure, ``num_steps <= 0``, or µP metadata not matching params.
+        """
+        self.check_theta(theta)
+        tf.check_num_steps(num_steps)
+        names = self.feature_names
+        decays = dict(momentum_decays=self.momentum_decays,
+                      second_moment_decay=self.second_moment_decay,
+                      factored_decays=self.factored_decays)
+        lambda1 = self.step_scale
+
+        def init_fn(params):
+            self._multipliers(params, param_meta, roles, multipliers, base_params)
+            return feat.init_accumulators(params, self.momentum_decays, self.factored_decays)
+
+        def update_fn(updates, state, params=None, **extra_args):
+            del extra_args
+            if params is None:
+                raise ValueError("params: MLPLOpt.update needs params (the parameter is an input feature)")
+            scales = self._multipliers(updates, param_meta, roles, multipliers, base_params)
+            time_vec = tf.time_features(state.count, num_steps, self.time_features, self.step_features)
+            state = feat.update_accumulators(updates, state, **decays)
+            g_leaves, treedef = jax.tree.flatten(updates)
+            if not g_leaves:
+                return updates, state
+            p_leaves = treedef.flatten_up_to(params)
+            m_leaves = treedef.flatten_up_to(state.momentum)
+            v_leaves = treedef.flatten_up_to(state.second_moment)
+            f_leaves = treedef.flatten_up_to(state.factored)
+            # Every tensor's features go through the MLP in one batch: one small program whatever
+            # the number of tensors.
+            xs = []
+            for g, p, m, v, f in zip(g_leaves, p_leaves, m_leaves, v_leaves, f_leaves):
+                x = feat.tensor_features(names, p, g, m, v, tuple(f), state.count, eps=self.eps, **decays)
+                if self.normalize_inputs:
+                    x = feat.normalize_features(x)
+                xs.append(x.reshape(x.shape[0], -1))
+            direction, magnitude = self._apply(theta, jnp.concatenate(xs, axis=1), time_vec)
+            step = lambda1 * direction * jnp.exp(self.lambda2 * magnitude)
+            out, offset = [], 0
+            for g, p, s in zip(g_leaves, p_leaves, scales):
+                u = step[offset:offset + g.size]
+                offset += g.size
+                out.append((-jnp.asarray(s, jnp.float32) * u).reshape(g.shape).astype(p.dtype))
+            return jax.tree.unflatten(treedef, out), state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
