@@ -47,12 +47,17 @@ class ParamMeta:
       fan_out: the tensor's last dimension (its size, for vectors).
       base_fan_in: the fan-in this tensor has in the same model at the base width; µAdam's hidden
         multiplier is base_fan_in / fan_in. ``None`` means the tensor is at its base width.
+      lr_multiplier: µAdam's learning-rate multiplier when the model's own convention fixes it
+        (a task whose readout is scaled by output_mult/width sets base_fan_in/output_mult on its
+        readout, so that at the base width every layer moves as under SP Adam); ``None`` means the
+        role's default.
     """
 
     role: str
     fan_in: int
     fan_out: int
     base_fan_in: Optional[int] = None
+    lr_multiplier: Optional[float] = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -67,7 +72,12 @@ class ParamMeta:
 
     @property
     def adam_multiplier(self) -> float:
-        """µAdam's learning-rate multiplier: base_fan_in/fan_in for hidden matrices, 1 otherwise."""
+        """µAdam's learning-rate multiplier: base_fan_in/fan_in for hidden matrices, 1 otherwise.
+
+        A ``lr_multiplier`` set by the task takes precedence.
+        """
+        if self.lr_multiplier is not None:
+            return self.lr_multiplier
         if self.role != "hidden":
             return 1.0
         base = self.fan_in if self.base_fan_in is None else self.base_fan_in

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -81,6 +81,26 @@ class TaskFamily(abc.ABC):
     def task(self, config: Any) -> Task:
         """Builds the Task of ``config``; raises ``ValueError`` naming the field for a bad config."""
 
+    def make_config(self, **fields: Any) -> Any:
+        """The family's default config with ``fields`` replaced.
+
+        Raises:
+          ValueError: a field is unknown to the config class, or a value is out of range (the message
+            names the field).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define make_config")
+
     def shape_key(self, config: Any) -> Any:
         """Configs with equal shape keys build tasks with identical shapes (vmappable together)."""
         return dataclasses.replace(config, seed=0) if hasattr(config, "seed") else config
+
+    def group_by_shape(self, configs: Sequence[Any]) -> list[list[Any]]:
+        """Splits ``configs`` into groups of equal ``shape_key``, in order of first appearance.
+
+        A meta-training step runs each group as one vmapped population (one compiled program per
+        group) instead of compiling one program per config.
+        """
+        groups: dict[Any, list[Any]] = {}
+        for config in configs:
+            groups.setdefault(self.shape_key(config), []).append(config)
+        return list(groups.values())
