@@ -1,0 +1,82 @@
+"""Command line of the meta-training program.
+
+Usage::
+
+    python -m meta_train --config configs/quickstart.yaml [key=value ...] [--resume | --fresh]
+                         [--max-outer-steps-this-run N] [--no-progress]
+
+Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``). Running again into an
+existing run folder of the same config continues it from its newest valid checkpoint; a folder made by a
+different config is refused unless ``--fresh`` (alias ``--overwrite``) is given. Any bad input prints one
+line ``error: FIELD: ...`` on stderr and exits with status 2 before anything is created or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr and exit 2, like every other input error
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metaopt-train", description="Meta-train a learned optimizer or schedule.")
+    parser.add_argument("--config", required=True, help="YAML config file, or the name of a shipped one (quickstart, mulo_mlp, ...)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, dotted keys for nested fields")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in run_dir (the default when it exists); error if none")
+    mode.add_argument("--fresh", "--overwrite", dest="fresh", action="store_true",
+                      help="delete an existing run folder of this run_dir and start over")
+    parser.add_argument("--max-outer-steps-this-run", type=int, default=None, metavar="N",
+                        help="stop after N outer steps (writing a checkpoint); run again to continue")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the program; returns the exit status (0 done, 2 bad input)."""
+    from metaopt.meta_train.config import ConfigError, load_config
+
+    args = make_parser().parse_args(argv)
+    if args.max_outer_steps_this_run is not None and args.max_outer_steps_this_run < 1:
+        print(f"error: --max-outer-steps-this-run: expected a positive int, got "
+              f"{args.max_outer_steps_this_run}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from metaopt.meta_train import run as run_mod
+        from metaopt.meta_train import sharding
+
+        # Every value is judged (by the task family, learned optimizer and estimator too) before
+        # the run folder is looked at, so an error names the bad value rather than the folder.
+        sharding.maybe_initialize_distributed()
+        built = run_mod.build(cfg)
+        cfg = built.cfg
+        plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    if sharding.is_main_process():
+        verb = {"new": "starting", "resume": "resuming", "overwrite": "starting over"}[plan.action]
+        print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s)",
+              file=sys.stderr)
+    result = run_mod.run(built, plan, max_outer_steps_this_run=args.max_outer_steps_this_run,
+                         progress=not args.no_progress)
+    if sharding.is_main_process():
+        status = "finished" if result.finished else "paused"
+        print(f"{status} at outer step {result.outer_step}/{cfg['outer_steps']}; "
+              f"theta in {plan.run_dir}/theta", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

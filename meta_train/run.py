@@ -1,0 +1,482 @@
+"""The meta-training outer loop: build everything from a resolved config, then step, log and checkpoint.
+
+``build`` turns a resolved config into the task groups, the learned optimizer, the outer optimizer,
+the device mesh and the meta-trainer, raising ``ValueError`` naming the field for anything wrong, and
+writes nothing. ``plan_run_dir`` decides (again without writing) whether the run starts fresh or
+resumes. ``run`` executes the plan: every outer step t visits task group ``t % num_groups`` with key
+``fold_in(step_key, t)``, so a resumed run repeats exactly what an uninterrupted one does.
+
+References:
+  Therien et al., "µLO: Compute-Efficient Meta-Generalization of Learned Optimizers", ICLR 2026
+  (the meta-training recipe: PES, AdamW with warm-up and cosine decay, gradient clipping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaopt.meta_train import checkpoints, sharding
+from metaopt.meta_train.config import ConfigError, describe_difference, dump, semantic
+from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
+
+CONFIG_FILE = "config.yaml"
+THETA_DIR = "theta"
+
+# Estimator arguments that give the inner horizon the learned optimizer is meta-trained for, in the
+# order they are looked for.
+_HORIZON_KEYS = ("max_horizon", "num_steps", "horizon", "unroll_length", "truncation_length")
+
+
+# ---------------------------------------------------------------- building
+
+
+def make_outer_schedule(outer: dict, outer_steps: int) -> optax.Schedule:
+    """The outer learning rate: linear warm-up to the peak, then cosine decay (or constant).
+
+    Warm-up starts at ``peak / warmup_steps`` (not 0) so the first outer step is not wasted; the
+    cosine runs from the end of the warm-up to ``outer_steps`` and ends at ``final_learning_rate``.
+    """
+    peak = float(outer["learning_rate"])
+    warmup = int(outer["warmup_steps"])
+    final = outer["final_learning_rate"]
+    decay_steps = max(outer_steps - warmup, 1)
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = peak * jnp.minimum((count + 1.0) / max(warmup, 1), 1.0)
+        if final is None:
+            return warm
+        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
+        cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(count < warmup, warm, cosine)
+
+    return schedule
+
+
+def make_outer_optimizer(outer: dict, outer_steps: int) -> optax.GradientTransformation:
+    """The optax outer optimizer of a config's ``outer`` section.
+
+    NaNs in the meta-gradient are zeroed first (one diverged inner run must not poison theta), then
+    the gradient is clipped by global norm, then AdamW (or Adam) with the warm-up/cosine schedule.
+    """
+    schedule = make_outer_schedule(outer, outer_steps)
+    parts = [optax.zero_nans()]
+    if outer["clip_norm"] is not None:
+        parts.append(optax.clip_by_global_norm(outer["clip_norm"]))
+    if outer["optimizer"] == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=outer["weight_decay"]))
+    else:
+        parts.append(optax.adam(schedule))
+    return optax.chain(*parts)
+
+
+def _config_fields(config: Any) -> dict:
+    """A task config as plain data accepted back by ``family.make_config``."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return _plain(dict(config))
+
+
+def _build_lopt(spec: dict):
+    import metaopt
+    from metaopt.learned_optimizer import lookup
+
+    del metaopt  # imported for its registrations of the learned optimizer kinds
+    kind = spec["kind"]
+    try:
+        cls = lookup(kind)
+    except ValueError:
+        raise ConfigError(f"lopt.kind: {kind!r} is not available in this installation") from None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in spec.items():
+        if name == "kind":
+            continue
+        if name not in fields:
+            raise ConfigError(f"lopt.{name}: unknown field for {kind}; known: {sorted(fields)}")
+        default = fields[name].default
+        if default is dataclasses.MISSING and fields[name].default_factory is not dataclasses.MISSING:
+            default = fields[name].default_factory()
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"lopt.{name}: expected true or false, got {value!r}")
+        elif isinstance(default, int) and default is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"lopt.{name}: expected an int, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"lopt.{name}: expected a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"lopt.{name}: expected a string, got {value!r}")
+        if isinstance(value, list):
+            value = tuple(value)  # frozen dataclasses must stay hashable
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"lopt.{_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _build_task_groups(task_cfg: dict, seed: int):
+    import metaopt.tasks as tasks_pkg
+
+    name = task_cfg["family"]
+    known = list(tasks_pkg.list_families())
+    if name not in known:
+        raise ConfigError(f"task.family: unknown family {name!r}; known: {known}")
+    try:
+        family = tasks_pkg.get_family(name, **task_cfg["family_kwargs"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"task.family_kwargs: {_first_line(e)}") from None
+    configs = []
+    if task_cfg["num_sampled_groups"]:
+        sample_key = jax.random.fold_in(jax.random.key(seed), 3)
+        for i in range(task_cfg["num_sampled_groups"]):
+            configs.append(family.sample(jax.random.fold_in(sample_key, i)))
+    else:
+        for i, override in enumerate(task_cfg["configs"]):
+            try:
+                configs.append(family.make_config(**override))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"task.configs[{i}].{_first_line(e)}") from None
+    tasks = []
+    for i, config in enumerate(configs):
+        try:
+            tasks.append(family.task(config))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"task.configs[{i}].{_first_line(e)}") from None
+    return family, configs, tasks
+
+
+def _estimator_kwargs(est: dict) -> dict:
+    return {k: v for k, v in est.items() if k != "name"}
+
+
+def _population_sizes(trainer: Any) -> list[tuple[str, int]]:
+    """The sizes of the leading axes the trainer shards over the mesh (members, PES pairs)."""
+    sizes = []
+    for owner in (trainer, getattr(trainer, "estimator", None)):
+        for attr in ("population_size", "num_pairs"):
+            value = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                sizes.append((attr, value))
+    config = getattr(getattr(trainer, "estimator", None), "config", None)
+    value = getattr(config, "population_size", None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        sizes.append(("population_size", value))
+    return sizes
+
+
+def meta_num_steps(trainer: Any, est: dict) -> int | None:
+    """The inner horizon the learned optimizer is meta-trained for (recorded with theta)."""
+    for attr in ("num_steps", "max_horizon", "horizon"):
+        value = getattr(trainer, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    for key in _HORIZON_KEYS:
+        if isinstance(est.get(key), int):
+            return est[key]
+    return None
+
+
+class Built(NamedTuple):
+    """Everything a run needs, built from a resolved config."""
+
+    cfg: dict
+    family: Any
+    task_configs: list
+    tasks: list
+    lopt: Any
+    mesh: Any
+    outer_optimizer: Any
+    trainer: Any
+
+
+def build(cfg: dict) -> Built:
+    """Builds the task groups, learned optimizer, outer optimizer, mesh and meta-trainer.
+
+    Writes nothing. Raises ``ConfigError`` (a ``ValueError``) naming the field for any bad value,
+    including values only the task family, the learned optimizer or the estimator can judge.
+    """
+    from metaopt.meta import make_meta_trainer
+
+    family, task_configs, tasks = _build_task_groups(cfg["task"], cfg["seed"])
+    lopt = _build_lopt(cfg["lopt"])
+    try:
+        mesh = sharding.make_mesh(cfg["devices"])
+    except ValueError as e:
+        raise ConfigError(_first_line(e)) from None
+    outer_optimizer = make_outer_optimizer(cfg["outer"], cfg["outer_steps"])
+    est = cfg["estimator"]
+    kwargs = _estimator_kwargs(est)
+    try:
+        trainer = make_meta_trainer(est["name"], lopt, tasks, outer_optimizer=outer_optimizer,
+                                    mesh=mesh, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"estimator: {_first_line(e)}") from None
+    except ValueError as e:
+        message = _first_line(e)
+        prefix = "" if message.startswith(("estimator", "devices")) else "estimator."
+        raise ConfigError(f"{prefix}{message}") from None
+    for what, size in _population_sizes(trainer):
+        n = mesh.devices.size
+        if size % n:
+            what = {"num_pairs": "number of perturbation pairs"}.get(what, what.replace("_", " "))
+            raise ConfigError(f"estimator: the {what} {size} must be a multiple of the "
+                              f"number of devices {n} (change the population or set devices=)")
+    cfg = _with_full_settings(cfg, lopt, trainer)
+    return Built(cfg, family, task_configs, tasks, lopt, mesh, outer_optimizer, trainer)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _with_full_settings(cfg: dict, lopt: Any, trainer: Any) -> dict:
+    """The config with every learned-optimizer field and estimator setting spelled out.
+
+    What is written to ``config.yaml`` and compared on resume is then the whole computation, not just
+    the values the user happened to set (defaults of other parts could change between versions).
+    """
+    cfg = dict(cfg)
+    cfg["lopt"] = {"kind": cfg["lopt"]["kind"], **_plain(lopt.config())}
+    settings = getattr(trainer, "config", None)
+    if isinstance(settings, dict):
+        cfg["estimator"] = {"name": cfg["estimator"]["name"], **_plain(settings)}
+    return cfg
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+class Plan(NamedTuple):
+    """What to do with the run folder: ``"new"``, ``"resume"`` or ``"overwrite"``."""
+
+    action: str
+    run_dir: str
+
+
+def _read_run_config(run_dir: str) -> dict | None:
+    from metaopt.meta_train.config import parse_yaml
+
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = parse_yaml(f.read(), path)
+    return saved if isinstance(saved, dict) else None
+
+
+def plan_run_dir(cfg: dict, *, resume: bool = False, fresh: bool = False) -> Plan:
+    """Decides how to use ``cfg["run_dir"]`` without writing anything.
+
+    - no folder (or an empty one): a new run (``--resume`` then is an error);
+    - a run folder of the same config: resume from its newest valid checkpoint (the default);
+    - a run folder of a different config: an error unless ``fresh`` (start over, deleting it);
+    - a folder that is not a run folder: always an error (nothing is deleted that we did not write).
+
+    Raises:
+      ConfigError: naming ``run_dir`` (or ``--resume``) and the reason.
+    """
+    run_dir = cfg["run_dir"]
+    if resume and fresh:
+        raise ConfigError("--resume: cannot be combined with --fresh/--overwrite")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"run_dir: {run_dir!r} exists and is not a folder")
+    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        if resume:
+            raise ConfigError(f"--resume: no run folder at {run_dir!r}")
+        return Plan("new", run_dir)
+    saved = _read_run_config(run_dir)
+    if saved is None:
+        raise ConfigError(f"run_dir: {run_dir!r} exists and is not a metaopt run folder "
+                          f"(no {CONFIG_FILE}); choose another run_dir")
+    if fresh:
+        return Plan("overwrite", run_dir)
+    diff = describe_difference(semantic(saved), semantic(cfg))
+    if diff is not None:
+        raise ConfigError(f"run_dir: {run_dir!r} was made by a different config ({diff}); "
+                          "use --fresh to start over or choose another run_dir")
+    return Plan("resume", run_dir)
+
+
+def theta_metadata(built: Built, outer_step: int) -> dict:
+    """The metadata stored with ``RUN_DIR/theta`` (see the run-folder contract)."""
+    cfg = built.cfg
+    return {
+        "task": {
+            "family": cfg["task"]["family"],
+            "family_kwargs": cfg["task"]["family_kwargs"],
+            "config": _config_fields(built.task_configs[0]),
+        },
+        "num_steps": meta_num_steps(built.trainer, cfg["estimator"]),
+        "outer_step": int(outer_step),
+        "run_config": cfg,
+    }
+
+
+def _to_host(tree: Any) -> Any:
+    """The whole of every array on this host (a collective: every process must call it)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return tree
+
+
+def save_checkpoint(built: Built, state: Any, outer_step: int) -> None:
+    """Writes the training checkpoint and refreshes ``RUN_DIR/theta`` (process 0 only)."""
+    import metaopt
+
+    state = _to_host(checkpoints.to_savable(state))
+    if not sharding.is_main_process():
+        return
+    run_dir = built.cfg["run_dir"]
+    checkpoints.save(run_dir, outer_step, state, {"config": semantic(built.cfg)})
+    theta = jax.device_get(built.trainer.theta(state))
+    metaopt.save(os.path.join(run_dir, THETA_DIR), built.lopt, theta,
+                 metadata=theta_metadata(built, outer_step), overwrite=True)
+
+
+class RunResult(NamedTuple):
+    """What ``run`` ends with."""
+
+    state: Any
+    outer_step: int
+    finished: bool
+    compile_seconds: dict
+
+
+def make_step_fn(built: Built, state: Any):
+    """The jitted outer step ``(state, key, group) -> (state, metrics)``, compiled once per group.
+
+    The new state is laid out like ``state`` (population-sharded where the trainer shards it,
+    replicated elsewhere), so every call has the same signature as the first and never recompiles.
+    """
+    layout = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(built.trainer.step, static_argnums=2, donate_argnums=0,
+                   out_shardings=(layout, sharding.replicated(built.mesh)))
+
+
+def _initial_state(built: Built):
+    key = jax.random.key(built.cfg["seed"])
+    theta = built.lopt.init(jax.random.fold_in(key, 0))
+    state = built.trainer.init(jax.random.fold_in(key, 2), theta)
+    return sharding.place_on_mesh(state, built.mesh), jax.random.fold_in(key, 1)
+
+
+def run(built: Built, plan: Plan, *, max_outer_steps_this_run: int | None = None,
+        progress: bool = True) -> RunResult:
+    """Executes a plan: creates or resumes the run folder, then runs the outer loop.
+
+    Args:
+      built: from ``build``.
+      plan: from ``plan_run_dir``.
+      max_outer_steps_this_run: stop (with a checkpoint) after this many outer steps of this call;
+        the run can be continued later by running the same command again.
+      progress: show the progress bar on stderr.
+
+    Returns:
+      The final state, the outer step reached, whether the run is complete, compile times per group.
+    """
+    cfg = built.cfg
+    run_dir = plan.run_dir
+    main = sharding.is_main_process()
+    state, step_key = _initial_state(built)
+    start = 0
+    if plan.action == "resume":
+        restored = checkpoints.restore_latest(run_dir, state)
+        if restored is not None:
+            start, state = restored
+    if main:
+        if plan.action == "overwrite":
+            shutil.rmtree(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        checkpoints.remove_partial_saves(run_dir)
+        tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(dump(cfg))
+        os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+
+    total = cfg["outer_steps"]
+    end = total if max_outer_steps_this_run is None else min(total, start + max_outer_steps_this_run)
+    num_groups = len(built.tasks)
+    logger = MetricsLogger(run_dir, start, enabled=main)
+    bar = progress_bar(total, start, cfg["name"], enabled=progress and main)
+    schedule = make_outer_schedule(cfg["outer"], total)
+    step_fn = make_step_fn(built, state)
+    compiled: dict[int, float] = {}
+    pending: list[dict] = []
+    interval_start = time.perf_counter()
+    run_start = interval_start
+    try:
+        for t in range(start, end):
+            group = t % num_groups
+            key = jax.random.fold_in(step_key, t)
+            if group not in compiled:
+                tic = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*donated.*")
+                    step_fn.lower(state, key, group).compile()
+                compiled[group] = time.perf_counter() - tic
+                if main:
+                    bar.write(f"compiled outer step for task group {group} in {compiled[group]:.1f}s")
+                logger.log(t, {"compile_s": compiled[group], "group": group})
+                interval_start += compiled[group]  # compile time is not step time
+                bar.unpause()  # nor does it count in the progress bar's rate and time left
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*donated.*")
+                state, metrics = step_fn(state, key, group)
+            pending.append(metrics)
+            done = t + 1
+            bar.update(1)
+            if done % cfg["log_every"] == 0 or done == end:
+                host = jax.device_get(pending)
+                elapsed = max(time.perf_counter() - interval_start, 1e-9)
+                record = {k: float(v) for k, v in host[-1].items() if jnp.ndim(v) == 0}
+                losses = [float(m["meta_loss"]) for m in host if "meta_loss" in m]
+                if losses:
+                    record["meta_loss_avg"] = sum(losses) / len(losses)
+                inner = sum(float(m.get("inner_steps", 0.0)) for m in host)
+                record["group"] = group
+                if not getattr(built.trainer, "is_es", False):  # ES updates theta with its own rule
+                    record["outer_lr"] = float(schedule(t))
+                record["step_s"] = elapsed / len(host)
+                record["inner_steps_per_s"] = inner / elapsed
+                record["wall_s"] = time.perf_counter() - run_start
+                logger.log(done, record)
+                bar.set_postfix(meta_loss=f"{record.get('meta_loss_avg', math.nan):.4g}",
+                                inner_sps=f"{record['inner_steps_per_s']:.0f}", refresh=False)
+                pending = []
+                interval_start = time.perf_counter()
+            if done % cfg["checkpoint_every"] == 0 or done == end:
+                tic = time.perf_counter()
+                save_checkpoint(built, state, done)
+                interval_start += time.perf_counter() - tic
+    finally:
+        bar.close()
+        logger.close()
+    return RunResult(state, end, end == total, compiled)
