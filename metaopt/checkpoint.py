@@ -240,7 +240,7 @@ def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overw
     tmp.mkdir()
     try:
         if arrays:
-            _checkpointer().save(tmp / ARRAYS, arrays)
+            _checkpointer().save((tmp / ARRAYS).absolute(), arrays)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -337,7 +337,8 @@ def _restore_leaves(path: Path, manifest: dict) -> list:
         import orbax.checkpoint as ocp
         restore_args = {n: ocp.RestoreArgs(restore_type=np.ndarray) for n in names}
         try:
-            arrays = _checkpointer().restore(path / ARRAYS, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+            arrays = _checkpointer().restore(
+                (path / ARRAYS).absolute(), args=ocp.args.PyTreeRestore(restore_args=restore_args))
         except Exception as err:  # orbax/tensorstore raise many types for unreadable data
             raise CheckpointError(f"{path}: cannot read the arrays ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''})") from None
