@@ -228,3 +228,13 @@ def test_mlp_lopt_round_trip(tmp_path):
     _assert_trees_equal(loaded_theta, theta)
     with pytest.raises(CheckpointError, match="hidden_size"):
         metaopt.load(path, lopt=mlp_lopt(hidden_size=16))
+
+
+def test_relative_paths_save_and_load(tmp_path, monkeypatch):
+    # Run folders are usually given relative to the working directory (runs/NAME).
+    monkeypatch.chdir(tmp_path)
+    tree = {"a": np.arange(3, dtype=np.float32)}
+    save_tree("runs/x/ckpt", tree, {"step": 1})
+    loaded, metadata = load_tree("runs/x/ckpt")
+    np.testing.assert_array_equal(loaded["a"], tree["a"])
+    assert metadata == {"step": 1}
