@@ -14,7 +14,7 @@ from metaopt import baselines, checkpoint, schedules  # noqa: E402
 from metaopt.checkpoint import load, save  # noqa: E402
 from metaopt.mlp_lopt import MLPLOpt  # noqa: E402
 from metaopt.learned_schedule import LearnedSchedule  # noqa: E402
-from metaopt.pretrained import pretrained  # noqa: E402
+from metaopt.shipped import pretrained  # noqa: E402
 from metaopt import unroll  # noqa: E402
 from metaopt.time_features import fraction_features, step_features  # noqa: E402
 

@@ -1,1 +1,1 @@
-"""Shipped meta-trained weights (see metaopt.pretrained)."""
+"""Shipped meta-trained weights (see metaopt.shipped and metaopt.pretrained)."""

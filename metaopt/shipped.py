@@ -159,8 +159,8 @@ def package_run(run_dir: Any, name: str, description: str, command: str, *,
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m metaopt.pretrained RUN_DIR NAME --description ... --command ...``."""
-    parser = argparse.ArgumentParser(prog="python -m metaopt.pretrained",
+    """``python -m metaopt.shipped RUN_DIR NAME --description ... --command ...``."""
+    parser = argparse.ArgumentParser(prog="python -m metaopt.shipped",
                                      description="Ship a meta-training run as a pretrained learned optimizer.")
     parser.add_argument("run_dir")
     parser.add_argument("name")
