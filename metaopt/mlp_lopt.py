@@ -36,6 +36,9 @@ PyTree = Any
 
 MLPLOptState = feat.Accumulators
 
+# Parameter entries per chunk of the per-parameter MLP on CPU; see ``MLPLOpt._apply``.
+_ROW_CHUNK = 16384
+
 
 @register
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +196,28 @@ class MLPLOpt(LearnedOptimizer):
         bias0 = theta["b0"]
         if self.num_time_features:
             bias0 = bias0 + time_vec @ theta["w0_time"]
-        h = jnp.einsum("fn,fh->nh", x, theta["w0"]) + bias0
-        for i in range(1, self.num_hidden_layers + 1):
-            h = jax.nn.relu(h) @ theta[f"w{i}"] + theta[f"b{i}"]
-        return h[:, 0], h[:, 1]
+
+        # Features-major layout, (hidden, F) @ (F, n): the long parameter axis is the matmuls'
+        # output columns, which CPU matmul kernels handle about 1.5x faster than the transpose.
+        def mlp(cols):  # (F, n) -> (2, n)
+            h = theta["w0"].T @ cols + bias0[:, None]
+            for i in range(1, self.num_hidden_layers + 1):
+                h = theta[f"w{i}"].T @ jax.nn.relu(h) + theta[f"b{i}"][:, None]
+            return h
+
+        num_features, n = x.shape
+        if jax.default_backend() != "cpu" or n <= 2 * _ROW_CHUNK:
+            out = mlp(x)
+        else:
+            # On CPU, the (hidden, n) activations of a large model do not fit in cache and every
+            # layer would stream them through memory; chunks of parameters keep each chunk's
+            # layers in cache (about 3x faster at a million parameters).
+            num_chunks = -(-n // _ROW_CHUNK)
+            x = jnp.pad(x, ((0, 0), (0, num_chunks * _ROW_CHUNK - n)))
+            chunks = jnp.transpose(x.reshape(num_features, num_chunks, _ROW_CHUNK), (1, 0, 2))
+            out = jax.lax.map(mlp, chunks)  # (num_chunks, 2, chunk)
+            out = jnp.transpose(out, (1, 0, 2)).reshape(2, num_chunks * _ROW_CHUNK)[:, :n]
+        return out[0], out[1]
 
     # --- the optax transformation -------------------------------------------------------------
 

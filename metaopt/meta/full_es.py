@@ -2,7 +2,7 @@
 
 Each generation, the strategy proposes a population of thetas; every member trains
 ``num_tasks_per_member`` fresh task instances from step 0 to the horizon (one ``lax.scan`` per run,
-vmapped over tasks and members), and its fitness is the normalised meta-loss at the end of the run
+vmapped over tasks, mapped over members with ``truncation.map_population``), and its fitness is the normalised meta-loss at the end of the run
 ("final") or averaged over it ("mean"). Fitness taken over the whole run lets ES discover schedules
 that truncated meta-gradients, being myopic, do not.
 
@@ -225,7 +225,7 @@ class EvolutionStrategy:
             values, diverged = jax.vmap(run, in_axes=(None, 0))(theta, keys)
             return jnp.mean(values), jnp.any(diverged)
 
-        return jax.vmap(member)(thetas, task_keys)
+        return truncation.map_population(member, thetas, task_keys, mesh=self.mesh)
 
     def generation(self, es_state, key: jax.Array, task: InnerTask):
         """One generation: ask, evaluate whole runs, tell.

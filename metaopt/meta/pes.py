@@ -79,8 +79,9 @@ class PES(base.GradientEstimator):
         thetas = truncation.shard_population(thetas, mesh)
         runs = truncation.shard_population(state.runs, mesh)
 
-        inner, meta_losses, diverged = jax.vmap(
-            lambda th, run: truncation.truncation(task, self.lopt, th, run, config, worst))(thetas, runs)
+        inner, meta_losses, diverged = truncation.map_population(
+            lambda th, run: truncation.truncation(task, self.lopt, th, run, config, worst), thetas, runs,
+            mesh=mesh)
         meta_losses = truncation.shard_population(meta_losses, mesh)
 
         xi = jax.tree.map(jnp.add, state.accumulator, eps) if self.persistent else eps

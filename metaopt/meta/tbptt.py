@@ -50,8 +50,9 @@ class TBPTT(base.GradientEstimator):
             inner, value, diverged = truncation.truncation(task, self.lopt, th, run, self.config, worst)
             return value, (inner, diverged)
 
-        grad_fn = jax.vmap(jax.value_and_grad(member_meta_loss, has_aux=True), in_axes=(None, 0))
-        (meta_losses, (inner, diverged)), grads = grad_fn(theta, runs)
+        grad_fn = jax.value_and_grad(member_meta_loss, has_aux=True)
+        (meta_losses, (inner, diverged)), grads = truncation.map_population(
+            lambda run: grad_fn(theta, run), runs, mesh=self.mesh)
         grads = truncation.shard_population(grads, self.mesh)
         # A diverged run's backward pass carries NaNs: drop the whole member, not just its bad entries.
         keep = ~diverged & jax.vmap(tree_all_finite)(grads)

@@ -1,7 +1,8 @@
 """Truncated inner runs: the machinery shared by the truncated estimators (TBPTT, PES, truncated ES).
 
 A population of inner runs is trained in truncations of ``truncation_length`` steps; each outer step
-advances every run by one truncation (one ``lax.scan``, vmapped over the population). A run belongs
+advances every run by one truncation (one ``lax.scan`` per member, mapped over the population with
+``map_population``). A run belongs
 to a task *instance* (init key, data key, horizon); when it reaches its horizon, or diverges, it is
 replaced by a fresh instance, so every run trains from step 0 to its horizon and its truncations
 follow each other.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -159,6 +160,44 @@ def replicate(tree: PyTree, mesh) -> PyTree:
         return tree
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+# Members of a population run in groups of this many, one group after another, on CPU.
+MEMBER_BATCH = 4
+
+
+def map_population(fn: Callable[..., Any], *args: PyTree, mesh=None,
+                   batch_size: Optional[int] = MEMBER_BATCH) -> Any:
+    """``fn`` applied to every member: the leading axis of every leaf of ``args``.
+
+    The result equals ``jax.vmap(fn)(*args)``. On CPU the members run in small groups, one group
+    after another (``lax.map``): vmapping a whole population turns each of the inner run's small
+    matmuls (the model's and the learned optimizer's per-parameter MLP) into one batched matmul
+    over all members, whose intermediates overflow the caches; groups of a few members run 3-4x
+    faster. With a mesh, the population is split over the devices first and each device loops
+    over its own members. Elsewhere (GPU, TPU) the population is vmapped.
+
+    Args:
+      fn: the per-member function.
+      *args: pytrees with a leading member axis.
+      mesh: optional 1-D mesh (axis "pop") the members are sharded over.
+      batch_size: members run together in one group (``None``: one at a time).
+    """
+    leaves = jax.tree.leaves(args)
+    num = leaves[0].shape[0] if leaves else 0
+    devices = 1 if mesh is None else mesh.size
+    if jax.default_backend() != "cpu" or num == 0 or num % devices:
+        return jax.vmap(fn)(*args)
+
+    def loop(member_args):
+        size = None if batch_size is None or batch_size <= 1 else min(batch_size, num // devices)
+        return jax.lax.map(lambda a: fn(*a), member_args, batch_size=size)
+
+    if devices == 1:
+        return loop(args)
+    split = jax.tree.map(lambda x: x.reshape((devices, num // devices) + x.shape[1:]), args)
+    out = jax.vmap(loop)(shard_population(split, mesh))
+    return jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), shard_population(out, mesh))
 
 
 def run_segment(task: InnerTask, tx, inner: InnerState, length: int, *, meta_loss: str, reduction: str,
