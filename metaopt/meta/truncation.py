@@ -73,7 +73,7 @@ class TruncationConfig:
     sigma: float = 0.01
     meta_loss: str = "train"
     meta_loss_reduction: str = "mean"
-    remat: bool = False
+    remat: bool = True
     max_meta_loss: Optional[float] = None
 
     def __post_init__(self):
