@@ -518,3 +518,15 @@ def load_metadata(path: Any) -> dict:
     if isinstance(content, dict) and content.get("content") == LEARNED_OPTIMIZER:
         return content["metadata"]
     return content
+
+
+def load_kind(path: Any) -> str:
+    """The ``kind`` of the learned optimizer saved at ``path``, read from the manifest alone.
+
+    Raises:
+      CheckpointError: no readable manifest there, or it does not hold a learned optimizer.
+    """
+    content = _read_manifest(resolve_path(path))["metadata"]
+    if not isinstance(content, dict) or content.get("content") != LEARNED_OPTIMIZER:
+        raise CheckpointError(f"{path}: not a learned-optimizer checkpoint")
+    return content["kind"]

@@ -47,21 +47,25 @@ def _names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / checkpoint.MANIFEST).is_file())
 
 
+def _path(name: str) -> Path:
+    """The folder of the shipped learned optimizer ``name``; ``ValueError`` listing the shipped ones."""
+    names = _names()
+    if name not in names:
+        raise ValueError(f"name: no pretrained learned optimizer {name!r}; shipped: {names}")
+    return _weights_root() / name
+
+
 def info(name: str) -> PretrainedInfo:
-    """The record of the shipped learned optimizer ``name``.
+    """The record of the shipped learned optimizer ``name`` (read from its manifest; theta is not loaded).
 
     Raises:
       ValueError: ``name`` is not shipped (the message lists the shipped names).
     """
-    names = _names()
-    if name not in names:
-        raise ValueError(f"name: no pretrained learned optimizer {name!r}; shipped: {names}")
-    path = _weights_root() / name
-    meta = checkpoint.load_metadata(path)
-    record = meta.get("pretrained", {})
-    manifest_kind = checkpoint.load(path)[0].kind
-    return PretrainedInfo(name=name, description=record.get("description", ""), kind=manifest_kind,
-                          command=record.get("command", ""), cost=record.get("cost", ""), path=path)
+    path = _path(name)
+    record = checkpoint.load_metadata(path).get("pretrained", {})
+    return PretrainedInfo(name=name, description=record.get("description", ""),
+                          kind=checkpoint.load_kind(path), command=record.get("command", ""),
+                          cost=record.get("cost", ""), path=path)
 
 
 def list_pretrained() -> list[PretrainedInfo]:
@@ -71,8 +75,7 @@ def list_pretrained() -> list[PretrainedInfo]:
 
 def load_pretrained(name: str) -> tuple[Any, Any]:
     """``(lopt, theta)`` of the shipped learned optimizer ``name``."""
-    info(name)
-    return checkpoint.load(_weights_root() / name)
+    return checkpoint.load(_path(name))
 
 
 def pretrained(name: str, num_steps: int, **transform_kwargs) -> optax.GradientTransformationExtraArgs:

@@ -37,6 +37,7 @@ def test_record_names_config_command_and_cost(name):
     assert "name:" in record["config"] and "estimator:" in record["config"]
     assert "minutes" in record["cost"]
     assert record["code_version"].startswith("metaopt ")
+    assert info.kind == metaopt.pretrained.load(name)[0].kind
 
 
 @pytest.mark.parametrize("name", SHIPPED)
