@@ -11,36 +11,9 @@ import metaopt
 from metaopt import LearnedSchedule
 from metaopt.learned_optimizer import lookup
 from metaopt.mup import infer_param_meta
+from tiny_mlp import batch, init_mlp, loss_fn
 
 NUM_STEPS = 20
-
-
-def init_mlp(key, sizes):
-    keys = jax.random.split(key, len(sizes))
-    return {f"l{i}": {"w": jax.random.normal(keys[i], (a, b)) / np.sqrt(a), "b": jnp.zeros((b,))}
-            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
-
-
-def apply_mlp(params, x):
-    n = len(params)
-    for i in range(n):
-        x = x @ params[f"l{i}"]["w"] + params[f"l{i}"]["b"]
-        if i < n - 1:
-            x = jnp.tanh(x)
-    return x
-
-
-TEACHER = init_mlp(jax.random.key(42), [4, 16, 1])
-
-
-def batch(key):
-    x = jax.random.normal(key, (32, 4))
-    return x, apply_mlp(TEACHER, x)
-
-
-def loss_fn(params, data):
-    x, y = data
-    return jnp.mean(jnp.square(apply_mlp(params, x) - y))
 
 
 def random_output(sched, key, scale=0.5):
