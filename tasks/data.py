@@ -33,6 +33,7 @@ MNIST1D_NUM_SAMPLES = 5000
 MNIST1D_HELDOUT_FRACTION = 0.2
 DIGITS_HELDOUT_FRACTION = 0.2
 EVAL_CAP = 1024
+NUM_CLASSES = 10
 CORPUS_MAX_BYTES = 2_000_000
 CORPUS_VALID_FRACTION = 0.1
 _CACHE_FORMAT = 1
@@ -149,10 +150,21 @@ def _device(*arrays: np.ndarray) -> tuple[jax.Array, ...]:
     """Concrete device arrays, even when first requested while a function is being traced.
 
     The module-level caches must hold real arrays: created inside a ``jit`` trace they would be
-    tracers and leak into later traces.
+    tracers and leak into later traces. On CPU ``jnp.asarray`` may alias a NumPy buffer instead of
+    copying it; every array here is copied into a buffer the runtime owns, so the cached datasets
+    never share memory with NumPy temporaries.
     """
     with jax.ensure_compile_time_eval():
-        return tuple(jnp.asarray(a) for a in arrays)
+        out = tuple(jnp.array(jnp.asarray(np.ascontiguousarray(a)), copy=True) for a in arrays)
+    return jax.block_until_ready(out)
+
+
+def _check_split(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    """Fails loudly on data that would silently turn a loss into NaN (non-finite inputs, bad labels)."""
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x: the dataset has {int(np.sum(~np.isfinite(x)))} non-finite input values")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"y: labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
 
 
 def _split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +187,7 @@ def _make_split(x: np.ndarray, y: np.ndarray, heldout_fraction: float, seed: int
     train_idx, eval_idx = _split_indices(len(y), heldout_fraction, seed)
     eval_idx = eval_idx[:EVAL_CAP]
     x_train, x_eval = _standardize(x[train_idx], x[eval_idx], per_feature)
+    _check_split(np.concatenate([x_train, x_eval]), y, NUM_CLASSES)
     return Split(*_device(x_train.astype(np.float32), y[train_idx].astype(np.int32),
                           x_eval.astype(np.float32), y[eval_idx].astype(np.int32)))
 

@@ -91,7 +91,11 @@ def test_seed_only_configs_share_shapes_and_vmap_over_keys():
         return jax.vmap(task_a.loss)(params, batches), batches
 
     losses, batches = population(jax.random.split(key, 4))
-    assert losses.shape == (4,) and np.all(np.isfinite(losses))
+    assert losses.shape == (4,)
+    # A non-finite loss at init can only come from the batch: name what is wrong with it.
+    assert np.all(np.isfinite(batches["x"])), "non-finite inputs in the batch"
+    assert np.all((batches["y"] >= 0) & (batches["y"] < 10)), "labels out of range in the batch"
+    assert np.all(np.isfinite(losses)), f"losses {losses}"
     assert batches["x"].shape == (4, 128, 40)
     assert not np.array_equal(batches["y"][0], batches["y"][1])
 
