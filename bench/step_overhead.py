@@ -2,7 +2,7 @@
 
 For MLPs on MNIST-1D (3 weight matrices, µP, base width 128) at several widths and batch sizes, and
 for the byte-level transformer LM, a training step (loss, gradient, optimizer update, parameter
-update) is timed with ``metaopt.MLPLOpt`` (µLO: 39 per-parameter features, a 2x32 hidden MLP, time
+update) is timed with ``metaopt.MLPLOpt`` (µLO: 28 per-parameter features, a 2x32 hidden MLP, time
 features) and with ``optax.adam``, alternately in one process. Each timed call runs ``--steps``
 steps in one jitted ``lax.scan`` with donated buffers (as in real training) on a fixed batch, so the
 figures are per step without dispatch overhead.

@@ -171,8 +171,8 @@ def _feature_groups(momentum_decays, factored_decays) -> list[tuple[str, list[st
     return groups
 
 
-def _selection(names, momentum_decays, factored_decays) -> list[tuple[str, int, int]]:
-    """``names`` as runs (group, start, stop) of contiguous rows of the stacked groups."""
+def _feature_index(names, momentum_decays, factored_decays) -> dict[str, tuple[str, int]]:
+    """Each of ``names`` as (group, index of its decay within the group)."""
     where = {}
     for group, members in _feature_groups(momentum_decays, factored_decays):
         for i, name in enumerate(members):
@@ -180,14 +180,7 @@ def _selection(names, momentum_decays, factored_decays) -> list[tuple[str, int, 
     unknown = [n for n in names if n not in where]
     if unknown:
         raise ValueError(f"features: unknown feature(s) {unknown}; known: {list(where)}")
-    runs = []
-    for name in names:
-        group, i = where[name]
-        if runs and runs[-1][0] == group and runs[-1][2] == i:
-            runs[-1] = (group, runs[-1][1], i + 1)
-        else:
-            runs.append((group, i, i + 1))
-    return runs
+    return where
 
 
 def tensor_features(names: Sequence[str], p: jax.Array, g: jax.Array, momentum: jax.Array,
@@ -195,11 +188,9 @@ def tensor_features(names: Sequence[str], p: jax.Array, g: jax.Array, momentum: 
                     momentum_decays: Sequence[float] = MOMENTUM_DECAYS,
                     second_moment_decay: float = SECOND_MOMENT_DECAY,
                     factored_decays: Sequence[float] = FACTORED_DECAYS,
-                    eps: float = 1e-8, eps_root: float = 1e-30) -> jax.Array:
+                    eps: float = 1e-8, eps_root: float = 1e-30,
+                    row_mean: jax.Array | None = None) -> jax.Array:
     """The named features of one tensor, stacked on a new leading axis: shape (len(names), *p.shape).
-
-    Features of one kind (all momenta, all factored estimates, ...) are computed as one stacked
-    array, which keeps the traced program (and its compile time) small.
 
     Args:
       names: features to compute, a subset of ``feature_names(momentum_decays, factored_decays)``.
@@ -210,71 +201,115 @@ def tensor_features(names: Sequence[str], p: jax.Array, g: jax.Array, momentum: 
       eps_root: added under square roots, which keeps their derivatives finite where a gradient is
         exactly zero (meta-gradients through dead units); far below float32 resolution of any
         non-zero second moment.
+      row_mean: for tensors of rank >= 2, the mean of each row accumulator over its last axis
+        (shape (num_factored, *shape[:-2])), when ``p`` and ``g`` are a block of rows of a larger
+        tensor; ``None`` computes it from ``factored``.
 
     Returns:
       float32 features.
     """
-    runs = _selection(names, momentum_decays, factored_decays)
+    where = _feature_index(names, momentum_decays, factored_decays)
     dtype = momentum.dtype
     p = p.astype(dtype)
     g = g.astype(dtype)
     t = jnp.asarray(count, dtype)
+    if not names:
+        return jnp.zeros((0,) + g.shape, jnp.float32)
 
+    # Every feature is its own array expression (stacked at the end): XLA fuses these into tight
+    # elementwise loops, about 3x faster on CPU than stacking whole groups and concatenating them.
     def rsqrt(x):
         return 1.0 / (jnp.sqrt(x + eps_root) + eps)
 
-    def second_moment_hat():
-        return second / (1 - jnp.asarray(second_moment_decay, dtype) ** t)
+    def bias_correction(decay):
+        return 1.0 / (1 - jnp.asarray(decay, dtype) ** t)
 
-    def factored_parts():
-        if g.ndim >= 2:
-            row, col = factored
-            row_b = row[..., None]                      # (n, ..., rows, 1)
-            col_b = jnp.expand_dims(col, -2)            # (n, ..., 1, cols)
-            v_fac = row_b * col_b / jnp.mean(row, axis=-1)[..., None, None]
-        else:
-            (full,) = factored
-            row_b = col_b = v_fac = full
-        full_shape = (v_fac.shape[0],) + g.shape
-        return row_b, col_b, v_fac, full_shape
-
-    def group(name):
-        if name == "param":
-            return p[None]
-        if name == "grad":
-            return g[None]
-        if name == "momentum":
-            return momentum
-        if name == "rms":
-            return jnp.sqrt(second_moment_hat() + eps_root)[None]
-        if name == "rsqrt_second_moment":
-            return rsqrt(second_moment_hat())[None]
-        if name == "momentum_over_rms":
-            b_m = _decays(momentum_decays, g.ndim, dtype)
-            return (momentum / (1 - b_m ** t)) * rsqrt(second_moment_hat())[None]
-        row_b, col_b, v_fac, full_shape = factored_parts()
-        if name == "adafactor_grad":
-            return g[None] * rsqrt(v_fac)
-        if name == "adafactor_momentum":
-            return momentum * rsqrt(v_fac)
-        if name == "adafactor_row":
-            return jnp.broadcast_to(row_b, full_shape)
-        if name == "adafactor_col":
-            return jnp.broadcast_to(col_b, full_shape)
-        if name == "adafactor_rsqrt_row":
-            return jnp.broadcast_to(rsqrt(row_b), full_shape)
-        return jnp.broadcast_to(rsqrt(col_b), full_shape)
-
-    if not runs:
-        return jnp.zeros((0,) + g.shape, jnp.float32)
     cache = {}
-    parts = []
-    for name, start, stop in runs:
-        if name not in cache:
-            cache[name] = group(name)
-        x = cache[name]
-        parts.append(x if (start, stop) == (0, x.shape[0]) else x[start:stop])
-    return jnp.concatenate(parts, axis=0).astype(jnp.float32)
+
+    def once(key, fn):
+        if key not in cache:
+            cache[key] = fn()
+        return cache[key]
+
+    second_hat = lambda: once("second_hat", lambda: second * bias_correction(second_moment_decay))
+    rsqrt_second = lambda: once("rsqrt_second", lambda: rsqrt(second_hat()))
+
+    if g.ndim >= 2:
+        row, col = factored
+        row_b = lambda i: row[i][..., None]                           # (..., rows, 1)
+        col_b = lambda i: jnp.expand_dims(col[i], -2)                 # (..., 1, cols)
+        inv_mean = lambda: once("inv_mean", lambda: 1.0 / (jnp.mean(row, axis=-1) if row_mean is None
+                                                            else row_mean))
+        v_fac = lambda i: row_b(i) * (col_b(i) * inv_mean()[i][..., None, None])
+    else:
+        (full,) = factored
+        row_b = col_b = v_fac = lambda i: full[i]
+    rsqrt_fac = lambda i: once(("rsqrt_fac", i), lambda: rsqrt(v_fac(i)))
+
+    def feature(group, i):
+        if group == "param":
+            return p
+        if group == "grad":
+            return g
+        if group == "momentum":
+            return momentum[i]
+        if group == "rms":
+            return jnp.sqrt(second_hat() + eps_root)
+        if group == "rsqrt_second_moment":
+            return rsqrt_second()
+        if group == "momentum_over_rms":
+            return momentum[i] * (bias_correction(momentum_decays[i]) * rsqrt_second())
+        if group == "adafactor_grad":
+            return g * rsqrt_fac(i)
+        if group == "adafactor_momentum":
+            return momentum[i] * rsqrt_fac(i)
+        if group == "adafactor_row":
+            return jnp.broadcast_to(row_b(i), g.shape)
+        if group == "adafactor_col":
+            return jnp.broadcast_to(col_b(i), g.shape)
+        if group == "adafactor_rsqrt_row":
+            return jnp.broadcast_to(rsqrt(row_b(i)), g.shape)
+        return jnp.broadcast_to(rsqrt(col_b(i)), g.shape)
+
+    return jnp.stack([feature(*where[name]).astype(jnp.float32) for name in names])
+
+
+RANK1_GROUPS = {"adafactor_row": "row", "adafactor_rsqrt_row": "row",
+                "adafactor_col": "col", "adafactor_rsqrt_col": "col"}
+
+
+def feature_axis(name: str) -> str:
+    """"row" or "col" for features that are constant along a matrix's columns or rows (they are
+    broadcasts of the factored accumulators), "param" for features that vary entry by entry."""
+    for group, axis in RANK1_GROUPS.items():
+        if name.startswith(group + "_"):
+            return axis
+    return "param"
+
+
+def factored_vector_features(names: Sequence[str], factored: tuple,
+                             factored_decays: Sequence[float] = FACTORED_DECAYS,
+                             eps: float = 1e-8, eps_root: float = 1e-30) -> jax.Array:
+    """Row or column features of a matrix before broadcasting, stacked: (len(names), length).
+
+    ``names`` are all "row" features (``adafactor_row_d``, ``adafactor_rsqrt_row_d``) or all "col"
+    features; entry i of a row feature is the feature's value on every entry of row i. Only for
+    rank-2 tensors.
+    """
+    row, col = factored
+    decays = [_decay_name(d) for d in factored_decays]
+    out = []
+    for name in names:
+        group, _, decay = name.rpartition("_")
+        vec = (row if group.endswith("row") else col)[decays.index(decay)]
+        out.append(1.0 / (jnp.sqrt(vec + eps_root) + eps) if "rsqrt" in group else vec)
+    return jnp.stack(out).astype(jnp.float32)
+
+
+def feature_inv_rms(x: jax.Array, eps: float = 1e-30) -> jax.Array:
+    """1 / RMS of every feature (leading axis) over the rest of ``x``: shape (num_features,)."""
+    axes = tuple(range(1, x.ndim))
+    return jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axes) + eps)
 
 
 def normalize_features(x: jax.Array, eps: float = 1e-30) -> jax.Array:

@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar, Optional
 
 import jax
@@ -36,8 +37,22 @@ PyTree = Any
 
 MLPLOptState = feat.Accumulators
 
-# Parameter entries per chunk of the per-parameter MLP on CPU; see ``MLPLOpt._apply``.
+# Parameter entries per block of a large matrix on CPU; see ``MLPLOpt._matrix_step``.
 _ROW_CHUNK = 16384
+# Matrices with at least this many entries get their own pass (``MLPLOpt._matrix_step``); smaller
+# tensors are batched into one.
+_MATRIX_MIN_SIZE = 2 * _ROW_CHUNK
+
+
+def _num_blocks(rows: int, cols: int) -> tuple[int, int]:
+    """(rows per block, number of blocks) for a matrix's step: one block off CPU or when small;
+    otherwise about ``_ROW_CHUNK`` entries per block, a divisor of ``rows`` when one is close."""
+    if rows * cols <= 2 * _ROW_CHUNK or jax.default_backend() != "cpu":
+        return rows, 1
+    target = max(1, min(rows, _ROW_CHUNK // cols))
+    divisor = max(d for d in range(1, target + 1) if rows % d == 0)
+    block = divisor if 2 * divisor >= target else target
+    return block, -(-rows // block)
 
 
 @register
@@ -187,37 +202,103 @@ class MLPLOpt(LearnedOptimizer):
 
     # --- the network --------------------------------------------------------------------------
 
-    def _apply(self, theta: dict, x: jax.Array, time_vec: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """MLP on per-parameter features x (F, N) with the time features as a layer-0 bias.
-
-        Returns:
-          direction and magnitude, each of shape (N,).
-        """
-        bias0 = theta["b0"]
+    def _bias0(self, theta: dict, time_vec: jax.Array) -> jax.Array:
+        """Layer 0's bias with the time features' contribution (the same for every parameter)."""
         if self.num_time_features:
-            bias0 = bias0 + time_vec @ theta["w0_time"]
+            return theta["b0"] + time_vec @ theta["w0_time"]
+        return theta["b0"]
 
-        # Features-major layout, (hidden, F) @ (F, n): the long parameter axis is the matmuls'
-        # output columns, which CPU matmul kernels handle about 1.5x faster than the transpose.
-        def mlp(cols):  # (F, n) -> (2, n)
-            h = theta["w0"].T @ cols + bias0[:, None]
-            for i in range(1, self.num_hidden_layers + 1):
-                h = theta[f"w{i}"].T @ jax.nn.relu(h) + theta[f"b{i}"][:, None]
-            return h
+    def _layers_after_first(self, theta: dict, h: jax.Array) -> jax.Array:
+        """From layer 0's pre-activations h (hidden, n) to the step lambda1 d exp(lambda2 m), (n,).
 
-        num_features, n = x.shape
-        if jax.default_backend() != "cpu" or n <= 2 * _ROW_CHUNK:
-            out = mlp(x)
-        else:
-            # On CPU, the (hidden, n) activations of a large model do not fit in cache and every
-            # layer would stream them through memory; chunks of parameters keep each chunk's
-            # layers in cache (about 3x faster at a million parameters).
-            num_chunks = -(-n // _ROW_CHUNK)
-            x = jnp.pad(x, ((0, 0), (0, num_chunks * _ROW_CHUNK - n)))
-            chunks = jnp.transpose(x.reshape(num_features, num_chunks, _ROW_CHUNK), (1, 0, 2))
-            out = jax.lax.map(mlp, chunks)  # (num_chunks, 2, chunk)
-            out = jnp.transpose(out, (1, 0, 2)).reshape(2, num_chunks * _ROW_CHUNK)[:, :n]
-        return out[0], out[1]
+        Features-major layout, (hidden, hidden) @ (hidden, n): the long parameter axis is the
+        matmuls' output columns, which CPU matmul kernels handle faster than the transpose.
+        """
+        for i in range(1, self.num_hidden_layers + 1):
+            h = theta[f"w{i}"].T @ jax.nn.relu(h) + theta[f"b{i}"][:, None]
+        return self.step_scale * h[0] * jnp.exp(self.lambda2 * h[1])
+
+    def _matrix_step(self, theta: dict, bias0: jax.Array, p, g, momentum, second, factored, count,
+                     decays: dict) -> jax.Array:
+        """The step of one matrix (before its multiplier s_W), shape ``g.shape``.
+
+        The same arithmetic as the batched path, arranged for speed:
+
+        - features that are broadcasts of the factored accumulators (``adafactor_row``/``col`` and
+          their reciprocal square roots) are never broadcast: their layer-0 contribution is a
+          (hidden, rows) and a (hidden, cols) matrix added to the pre-activations;
+        - the per-tensor RMS normalisers of the per-entry features are folded into layer 0's
+          weights;
+        - on CPU a large matrix runs block by block of rows (``lax.map``), so a block's features
+          and activations stay in cache instead of streaming arrays of the whole matrix through
+          memory; the normalisers then come from a first pass over the same blocks.
+        """
+        names = self.feature_names
+        axis_of = [feat.feature_axis(n) for n in names]
+        pick = lambda axis: [i for i, a in enumerate(axis_of) if a == axis]
+        dense, by_row, by_col = pick("param"), pick("row"), pick("col")
+        rows, cols = g.shape
+        row, col = factored
+        w0 = theta["w0"]
+        hidden = w0.shape[1]
+        row_mean = jnp.mean(row, axis=-1)
+        features = functools.partial(feat.tensor_features, tuple(names[i] for i in dense),
+                                     count=count, eps=self.eps, row_mean=row_mean, **decays)
+
+        def vector_part(idx, length):  # layer-0 contribution of the row or column features
+            if not idx:
+                return jnp.zeros((hidden, length), jnp.float32)
+            x = feat.factored_vector_features([names[i] for i in idx], (row, col), eps=self.eps,
+                                              factored_decays=decays["factored_decays"])
+            if self.normalize_inputs:
+                x = x * feat.feature_inv_rms(x)[:, None]
+            return w0[jnp.asarray(idx)].T @ x
+
+        row_part = vector_part(by_row, rows)
+        col_part = vector_part(by_col, cols) + bias0[:, None]
+        w0_dense = w0[jnp.asarray(dense, jnp.int32)]
+
+        def block_step(x, row_part):
+            h = jnp.einsum("fh,frc->hrc", w0_dense, x) + row_part[:, :, None] + col_part[:, None, :]
+            return self._layers_after_first(theta, h.reshape(hidden, -1)).reshape(x.shape[1:])
+
+        block, num_blocks = _num_blocks(rows, cols)
+        if num_blocks == 1:
+            x = features(p, g, momentum, second, (row, col))
+            if self.normalize_inputs and dense:
+                x = x * feat.feature_inv_rms(x)[:, None, None]
+            return block_step(x, row_part)
+
+        pad = num_blocks * block - rows
+        if pad:
+            # Padding rows hold moderate features (second moments of 1, not 0), so their discarded
+            # steps stay finite and cannot turn meta-gradients into NaN.
+            p, g = (jnp.pad(a, ((0, pad), (0, 0))) for a in (p, g))
+            second = jnp.pad(second, ((0, pad), (0, 0)), constant_values=1.0)
+            momentum = jnp.pad(momentum, ((0, 0), (0, pad), (0, 0)))
+            row = jnp.pad(row, ((0, 0), (0, pad)), constant_values=1.0)
+            row_part = jnp.pad(row_part, ((0, 0), (0, pad)))
+
+        def block_slice(a, b, axis):
+            return jax.lax.dynamic_slice_in_dim(a, b * block, block, axis)
+
+        def block_features(b):
+            return features(block_slice(p, b, 0), block_slice(g, b, 0), block_slice(momentum, b, 1),
+                            block_slice(second, b, 0), (block_slice(row, b, 1), col))
+
+        if self.normalize_inputs and dense:
+            def block_sum_squares(b):
+                x = block_features(b)
+                if pad:  # padded rows do not count
+                    x = jnp.where((b * block + jnp.arange(block) < rows)[None, :, None], x, 0.0)
+                return jnp.sum(jnp.square(x), axis=(1, 2))
+
+            sum_squares = jnp.sum(jax.lax.map(block_sum_squares, jnp.arange(num_blocks)), axis=0)
+            w0_dense = w0_dense * jax.lax.rsqrt(sum_squares / (rows * cols) + 1e-30)[:, None]
+
+        steps = jax.lax.map(lambda b: block_step(block_features(b), block_slice(row_part, b, 1)),
+                            jnp.arange(num_blocks))
+        return steps.reshape(num_blocks * block, cols)[:rows]
 
     # --- the optax transformation -------------------------------------------------------------
 
@@ -261,7 +342,6 @@ class MLPLOpt(LearnedOptimizer):
         decays = dict(momentum_decays=self.momentum_decays,
                       second_moment_decay=self.second_moment_decay,
                       factored_decays=self.factored_decays)
-        lambda1 = self.step_scale
 
         def init_fn(params):
             self._multipliers(params, param_meta, roles, multipliers, base_params)
@@ -281,21 +361,30 @@ class MLPLOpt(LearnedOptimizer):
             m_leaves = treedef.flatten_up_to(state.momentum)
             v_leaves = treedef.flatten_up_to(state.second_moment)
             f_leaves = treedef.flatten_up_to(state.factored)
-            # Every tensor's features go through the MLP in one batch: one small program whatever
-            # the number of tensors.
-            xs = []
-            for g, p, m, v, f in zip(g_leaves, p_leaves, m_leaves, v_leaves, f_leaves):
+            bias0 = self._bias0(theta, time_vec)
+            steps = [None] * len(g_leaves)
+            # Matrices get their own pass; every other tensor's features go through the MLP in
+            # one batch (one small program whatever the number of tensors).
+            xs, batched = [], []
+            for i, (g, p, m, v, f) in enumerate(zip(g_leaves, p_leaves, m_leaves, v_leaves, f_leaves)):
+                if g.ndim == 2 and g.size >= _MATRIX_MIN_SIZE:
+                    steps[i] = self._matrix_step(theta, bias0, p, g, m, v, tuple(f), state.count, decays)
+                    continue
                 x = feat.tensor_features(names, p, g, m, v, tuple(f), state.count, eps=self.eps, **decays)
                 if self.normalize_inputs:
                     x = feat.normalize_features(x)
                 xs.append(x.reshape(x.shape[0], -1))
-            direction, magnitude = self._apply(theta, jnp.concatenate(xs, axis=1), time_vec)
-            step = lambda1 * direction * jnp.exp(self.lambda2 * magnitude)
-            out, offset = [], 0
-            for g, p, s in zip(g_leaves, p_leaves, scales):
-                u = step[offset:offset + g.size]
-                offset += g.size
-                out.append((-jnp.asarray(s, jnp.float32) * u).reshape(g.shape).astype(p.dtype))
+                batched.append(i)
+            if xs:
+                h = theta["w0"].T @ jnp.concatenate(xs, axis=1) + bias0[:, None]
+                step = self._layers_after_first(theta, h)
+                offset = 0
+                for i in batched:
+                    size = g_leaves[i].size
+                    steps[i] = step[offset:offset + size].reshape(g_leaves[i].shape)
+                    offset += size
+            out = [(-jnp.asarray(s, jnp.float32) * u).astype(p.dtype)
+                   for u, p, s in zip(steps, p_leaves, scales)]
             return jax.tree.unflatten(treedef, out), state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)

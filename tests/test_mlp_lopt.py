@@ -348,3 +348,45 @@ def test_time_features():
     np.testing.assert_allclose(x[9], np.log10(100) - 3, rtol=1e-6)
     np.testing.assert_allclose(x[10:], np.tanh(50 / np.array(tf.STEP_TIMESCALES) - 1), rtol=1e-6)
     assert tf.time_features(0, 10, fraction=False, absolute=False).shape == (0,)
+
+
+@pytest.mark.parametrize("lopt", [
+    MLPLOpt(hidden_size=8),
+    MLPLOpt(hidden_size=8, num_hidden_layers=0, normalize_inputs=False, mup=False),
+    MLPLOpt(hidden_size=8, features=("grad", "adafactor_rsqrt_col_0.9", "momentum_over_rms_0.9")),
+    MLPLOpt(hidden_size=8, features=("adafactor_row_0.99", "param")),
+], ids=["all", "linear-unnormalised", "with-col", "with-row"])
+def test_matrix_path_matches_batched_path(lopt, monkeypatch):
+    """Large matrices take their own blocked pass on CPU (rank-1 features folded into layer 0,
+    normalisers folded into its weights, row blocks with padding); it must give the same updates
+    and the same meta-gradients as the one batched pass."""
+    from metaopt import mlp_lopt
+
+    shapes = {"w_pad": (37, 12), "w_even": (32, 16), "w_one": (10, 11), "w_small": (6, 5), "b": (24,)}
+    keys = jax.random.split(jax.random.key(0), 2 * len(shapes))
+    params = {n: jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys[:len(shapes)])}
+    grads = {n: 1e-2 * jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys[len(shapes):])}
+    theta = lopt.init(jax.random.key(1))
+
+    def run(theta):
+        tx = lopt.transform(theta, 50, multipliers=jax.tree.map(lambda _: 1.0, params))
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(grads, state, params)
+        return updates
+
+    def meta_loss(theta):
+        return sum(jnp.sum(jnp.sin(100.0 * u)) for u in jax.tree.leaves(run(theta)))
+
+    batched = run(theta), jax.grad(meta_loss)(theta)
+    # 64 entries per block: w_pad runs in 8 blocks of 5 rows (3 of them padding), w_even in blocks
+    # of 4 rows, w_one in one block; w_small and b stay in the batched pass.
+    monkeypatch.setattr(mlp_lopt, "_ROW_CHUNK", 64)
+    monkeypatch.setattr(mlp_lopt, "_MATRIX_MIN_SIZE", 100)
+    assert mlp_lopt._num_blocks(37, 12) == (5, 8) and mlp_lopt._num_blocks(32, 16) == (4, 8)
+    assert mlp_lopt._num_blocks(10, 11) == (10, 1)
+    blocked = run(theta), jax.grad(meta_loss)(theta)
+    # Summation order differs, and sin(100 u) amplifies rounding: compare on each leaf's scale.
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(blocked)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * np.abs(a).max())
+    assert any(np.abs(u).max() > 0 for u in jax.tree.leaves(batched[0]))
