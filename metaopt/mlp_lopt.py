@@ -38,7 +38,7 @@ PyTree = Any
 MLPLOptState = feat.Accumulators
 
 # Parameter entries per block of a large matrix on CPU; see ``MLPLOpt._matrix_step``.
-_ROW_CHUNK = 16384
+_ROW_CHUNK = 32768
 # Matrices with at least this many entries get their own pass (``MLPLOpt._matrix_step``); smaller
 # tensors are batched into one.
 _MATRIX_MIN_SIZE = 2 * _ROW_CHUNK
