@@ -98,10 +98,12 @@ def xla_flops(fn: Callable, *args) -> float:
 
 @contextlib.contextmanager
 def without_loops():
-    """Traces ``MLPLOpt`` without its chunk loop and populations vmapped rather than looped over,
-    so that XLA's FLOP count covers every chunk and every member.
+    """Traces ``MLPLOpt`` with one row block per matrix and populations vmapped rather than looped
+    over, so that XLA's FLOP count covers every block and every member.
 
-    (XLA counts a loop's body once; these loops only change the order of the same arithmetic.)
+    (XLA counts a loop's body once. These loops change the order of the arithmetic; the blocked
+    matrix pass also recomputes the per-entry features once for its normalisers, a few percent
+    more FLOPs that the count leaves out.)
     """
     from metaopt import mlp_lopt
     from metaopt.meta import truncation
@@ -119,7 +121,7 @@ def without_loops():
 
 
 def lo_update_flops(tx, grads, state, params) -> float:
-    """FLOPs of one learned-optimizer update (``tx.update``), by XLA's count, chunking undone."""
+    """FLOPs of one learned-optimizer update (``tx.update``), by XLA's count, row blocks undone."""
     with without_loops():
         return xla_flops(lambda g, s, p: tx.update(g, s, p), grads, state, params)
 
