@@ -150,13 +150,10 @@ def _device(*arrays: np.ndarray) -> tuple[jax.Array, ...]:
     """Concrete device arrays, even when first requested while a function is being traced.
 
     The module-level caches must hold real arrays: created inside a ``jit`` trace they would be
-    tracers and leak into later traces. On CPU ``jnp.asarray`` may alias a NumPy buffer instead of
-    copying it; every array here is copied into a buffer the runtime owns, so the cached datasets
-    never share memory with NumPy temporaries.
+    tracers and leak into later traces.
     """
     with jax.ensure_compile_time_eval():
-        out = tuple(jnp.array(jnp.asarray(np.ascontiguousarray(a)), copy=True) for a in arrays)
-    return jax.block_until_ready(out)
+        return tuple(jnp.asarray(a) for a in arrays)
 
 
 def _check_split(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:

@@ -92,7 +92,7 @@ def test_seed_only_configs_share_shapes_and_vmap_over_keys():
 
     losses, batches = population(jax.random.split(key, 4))
     assert losses.shape == (4,)
-    # A non-finite loss at init can only come from the batch: name what is wrong with it.
+    # If a loss is not finite, say whether the batch is to blame.
     assert np.all(np.isfinite(batches["x"])), "non-finite inputs in the batch"
     assert np.all((batches["y"] >= 0) & (batches["y"] < 10)), "labels out of range in the batch"
     assert np.all(np.isfinite(losses)), f"losses {losses}"
