@@ -131,7 +131,11 @@ def param_meta_from(roles: Any, params_shape: Any, base_params_shape: Any,
         when given, the readout's µAdam learning-rate multiplier is ``base_fan_in / output_mult``, so
         that at the base width the readout moves as under SP Adam while µLO's 1/width readout stays
         balanced against its 1/fan_in hidden update. ``None`` (SP) keeps the role's default.
+
+    Every ``ParamMeta`` records the parametrization: ``"mup"`` when ``output_mult`` is given,
+    ``"sp"`` otherwise (a µLO then scales the SP readout's update by 1/fan_in; see ``metaopt.mup``).
     """
+    parametrization = "sp" if output_mult is None else "mup"
     leaves, treedef = jax.tree.flatten(params_shape)
     base_leaves = treedef.flatten_up_to(base_params_shape)
     role_leaves = treedef.flatten_up_to(roles)
@@ -142,7 +146,7 @@ def param_meta_from(roles: Any, params_shape: Any, base_params_shape: Any,
         lr_multiplier = None
         if role == "output" and output_mult is not None:
             lr_multiplier = base_fan_in / output_mult
-        metas.append(mup.ParamMeta(role, fan_in, fan_out, base_fan_in, lr_multiplier))
+        metas.append(mup.ParamMeta(role, fan_in, fan_out, base_fan_in, lr_multiplier, parametrization))
     return jax.tree.unflatten(treedef, metas)
 
 

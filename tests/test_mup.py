@@ -29,7 +29,7 @@ EXPECTED_ROLES = {
 @pytest.mark.parametrize("width", [32, 256])
 def test_roles_and_multipliers_with_base_params(width):
     base = mlp_params(16)
-    meta = mup.infer_param_meta(mlp_params(width), base)
+    meta = mup.infer_param_meta(mlp_params(width), base, parametrization="mup")
     assert mup.roles_of(meta) == EXPECTED_ROLES
     lo = mup.lo_multipliers(meta)
     adam = mup.adam_multipliers(meta)
@@ -101,7 +101,7 @@ def test_role_overrides():
 def test_resolve_keeps_given_param_meta():
     params = mlp_params(64)
     given = mup.infer_param_meta(params, mlp_params(16))
-    assert mup.resolve_param_meta(params, param_meta=given) is given
+    assert mup.resolve_param_meta(params, param_meta=given) == given
 
 
 def test_unknown_role_raises():
