@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, ClassVar, Optional
 
 import jax
@@ -31,7 +32,7 @@ import optax
 from metaopt import features as feat
 from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
-from metaopt.mup import check_multipliers, lo_multipliers, resolve_param_meta
+from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, unwrap
 
 PyTree = Any
 
@@ -44,6 +45,27 @@ _ROW_CHUNK = 32768
 # 128 x 128 and 40 x 128 matrices batched) takes 1.007 ms against 1.137 ms with them in the matrix
 # pass, and meta-training populations (one member at a time) run 8-12% faster.
 _MATRIX_MIN_SIZE = 2 * _ROW_CHUNK
+
+
+def _past_end_warning(theta: Any, num_steps: Any):
+    """A function of the step count that warns once when a run goes past ``num_steps``, or
+    ``None`` when theta or num_steps are traced (meta-training and populations never do)."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((theta, num_steps))):
+        return None
+    limit = int(np.asarray(num_steps))
+    warned = []
+
+    def check(count):
+        if not warned and np.any(np.asarray(count) >= limit):
+            warned.append(True)
+            warnings.warn(f"metaopt: training past num_steps={limit}: the learned optimizer's "
+                          "fraction-trained features are out of the range it was meta-trained on; "
+                          "build the transform with the run's real length", stacklevel=1)
+
+    def at_step(count):
+        jax.lax.cond(count == limit, lambda c: jax.debug.callback(check, c), lambda c: None, count)
+
+    return at_step
 
 
 def _num_blocks(rows: int, cols: int) -> tuple[int, int]:
@@ -77,6 +99,14 @@ class MLPLOpt(LearnedOptimizer):
       eps: Adam-style epsilon of the m/sqrt(v) and reciprocal-sqrt features.
       output_init_scale: scale of the random init of the output layer (small, so a fresh theta
         takes small, harmless steps before meta-training).
+      init_rule: ``None`` (a random theta), or the name of a per-parameter feature (e.g.
+        ``momentum_over_rms_0.9``: Adam's direction) that a fresh theta follows exactly: the step
+        is ``init_learning_rate`` times the feature, times ``init_decay``'s schedule. Its other
+        hidden units keep their random init with zero output weights, so meta-training starts
+        from a hand-designed optimizer and learns what to change (see ``rule_theta``).
+      init_learning_rate: the step size of ``init_rule``.
+      init_decay: with ``time_features``, a fresh ``init_rule`` theta decays its step by a cosine
+        in t/T from 1 to this fraction (in (0, 1)); ``None`` keeps it constant.
 
     With ``num_hidden_layers=0, normalize_inputs=False, mup=False, time_features=False,
     step_features=False, lambda1=lr`` and a theta whose direction row is one-hot on
@@ -104,6 +134,9 @@ class MLPLOpt(LearnedOptimizer):
     factored_decays: tuple = feat.FACTORED_DECAYS
     eps: float = 1e-8
     output_init_scale: float = 0.1
+    init_rule: Optional[str] = None
+    init_learning_rate: float = 0.1
+    init_decay: Optional[float] = None
 
     def __post_init__(self):
         for name in ("momentum_decays", "factored_decays", "features"):
@@ -127,6 +160,18 @@ class MLPLOpt(LearnedOptimizer):
             unknown = [n for n in self.features if n not in known]
             if unknown or not self.features:
                 raise ValueError(f"features: unknown or empty {list(self.features)}; known: {list(known)}")
+        if self.init_rule is not None and self.init_rule not in self.feature_names:
+            raise ValueError(f"init_rule: {self.init_rule!r} is not an input feature; "
+                             f"known: {list(self.feature_names)}")
+        if not (isinstance(self.init_learning_rate, (int, float)) and self.init_learning_rate > 0):
+            raise ValueError(f"init_learning_rate: must be a positive float, got {self.init_learning_rate!r}")
+        if self.init_decay is not None:
+            if not 0.0 < self.init_decay < 1.0:
+                raise ValueError(f"init_decay: must be in (0, 1) or None, got {self.init_decay!r}")
+            if not self.time_features:
+                raise ValueError("init_decay: needs time_features=True (the schedule reads t/T)")
+        if self.init_rule is not None and self.num_hidden_layers > 0 and self.hidden_size < 3:
+            raise ValueError(f"hidden_size: init_rule needs hidden_size >= 3, got {self.hidden_size}")
 
     # --- architecture -------------------------------------------------------------------------
 
@@ -153,7 +198,8 @@ class MLPLOpt(LearnedOptimizer):
         return [len(self.feature_names)] + [self.hidden_size] * self.num_hidden_layers + [2]
 
     def init(self, key: jax.Array) -> dict:
-        """Random theta: He-normal hidden layers, zero biases.
+        """Fresh theta: random (He-normal hidden layers, zero biases), or ``rule_theta`` when
+        ``init_rule`` is set.
 
         Returns:
           ``{"w0", "b0", "w0_time", "w1", "b1", ...}``: layer i maps sizes[i] -> sizes[i+1], where
@@ -161,6 +207,11 @@ class MLPLOpt(LearnedOptimizer):
           features into layer 0 (shape (num_time_features, sizes[1])). Output column 0 is the
           direction, column 1 the magnitude.
         """
+        if self.init_rule is not None:
+            return self.rule_theta(key)
+        return self._random_theta(key)
+
+    def _random_theta(self, key: jax.Array) -> dict:
         sizes = self._layer_sizes()
         keys = jax.random.split(key, len(sizes))
         theta = {}
@@ -201,6 +252,66 @@ class MLPLOpt(LearnedOptimizer):
         last = f"w{self.num_hidden_layers}"
         theta[last] = theta[last].at[0, 0].set(scale).at[1, 0].set(-scale)
         return theta
+
+    def rule_theta(self, key: jax.Array) -> dict:
+        """A theta that follows a hand-designed rule: step = lr * feature * schedule(t/T).
+
+        The rule is ``init_rule`` (a feature name), its step size ``init_learning_rate`` and, with
+        ``init_decay``, a cosine decay from 1 to ``init_decay`` over the run. Hidden units 0 and 1
+        carry the feature through the ReLU layers as relu(x) - relu(-x) into the direction; unit 2
+        carries -log schedule(t/T) (a least-squares fit on the fraction features, non-negative)
+        into the magnitude, so exp(lambda2 m) is the schedule. The remaining units keep their
+        random init and have zero output weights: the fresh optimizer is exactly the rule (up to
+        the schedule's fit), and meta-training perturbs every weight from there.
+
+        Starting a learned optimizer from a hand-designed one is a common warm start (the learned
+        update is a correction of Adam's in Metz et al. 2022's AdamW-based LOs; Celo keeps an
+        Adam-like update with a learned schedule).
+        """
+        rule = self.init_rule or "momentum_over_rms_0.9"
+        theta = self._random_theta(key)
+        last = self.num_hidden_layers
+        j = self.feature_names.index(rule)
+        scale = self.init_learning_rate / self.step_scale
+        fit_w, fit_b = self._decay_fit()  # -log schedule(x) ~= fit_w . tanh(10 (x - c)) + fit_b
+        theta[f"w{last}"] = jnp.zeros_like(theta[f"w{last}"])
+        theta[f"b{last}"] = jnp.zeros_like(theta[f"b{last}"])
+        if last == 0:
+            # Linear: the direction is scale * feature, the magnitude is -log schedule / lambda2.
+            theta["w0"] = theta["w0"].at[j, 0].set(scale)
+            if self.num_time_features and fit_w is not None:
+                theta["w0_time"] = theta["w0_time"].at[:len(fit_w), 1].set(-fit_w / self.lambda2)
+                theta["b0"] = theta["b0"].at[1].set(-fit_b / self.lambda2)
+            return theta
+        units = jnp.arange(3)
+        theta["w0"] = theta["w0"].at[:, units].set(0.0).at[j, 0].set(1.0).at[j, 1].set(-1.0)
+        theta["b0"] = theta["b0"].at[units].set(0.0)
+        if self.num_time_features:
+            theta["w0_time"] = theta["w0_time"].at[:, units].set(0.0)
+            if fit_w is not None:
+                theta["w0_time"] = theta["w0_time"].at[:len(fit_w), 2].set(fit_w)
+                theta["b0"] = theta["b0"].at[2].set(fit_b)
+        for i in range(1, last):
+            w = theta[f"w{i}"].at[:, units].set(0.0)
+            theta[f"w{i}"] = w.at[0, 0].set(1.0).at[1, 1].set(1.0).at[2, 2].set(1.0)
+            theta[f"b{i}"] = theta[f"b{i}"].at[units].set(0.0)
+        theta[f"w{last}"] = (theta[f"w{last}"].at[0, 0].set(scale).at[1, 0].set(-scale)
+                             .at[2, 1].set(-1.0 / self.lambda2))
+        return theta
+
+    def _decay_fit(self) -> tuple[Optional[jax.Array], float]:
+        """Least-squares weights on the fraction features for -log of ``init_decay``'s cosine.
+
+        Returns ``(weights over FRACTION_CENTERS, bias)``, or ``(None, 0.0)`` for a constant step.
+        """
+        if self.init_decay is None:
+            return None, 0.0
+        x = np.linspace(0.0, 1.0, 401)
+        target = -np.log(self.init_decay + (1.0 - self.init_decay) * 0.5 * (1.0 + np.cos(np.pi * x)))
+        basis = np.tanh(10.0 * (x[:, None] - np.asarray(tf.FRACTION_CENTERS)[None, :]))
+        design = np.concatenate([basis, np.ones((len(x), 1))], axis=1)
+        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+        return jnp.asarray(coef[:-1], jnp.float32), float(coef[-1])
 
     # --- the network --------------------------------------------------------------------------
 
@@ -304,31 +415,41 @@ class MLPLOpt(LearnedOptimizer):
 
     # --- the optax transformation -------------------------------------------------------------
 
-    def _multipliers(self, params, param_meta, roles, multipliers, base_params):
+    def _multipliers(self, params, param_meta, roles, multipliers, base_params, parametrization):
+        """s_W per tensor, in ``jax.tree.leaves(unwrap(params))`` order."""
         if multipliers is not None:
-            check_multipliers(params, multipliers)
-            return jax.tree.leaves(multipliers)
+            return jax.tree.leaves(check_multipliers(params, multipliers))
         if not self.mup:
-            return [1.0] * len(jax.tree.leaves(params))
-        meta = resolve_param_meta(params, param_meta, roles, base_params)
+            return [1.0] * len(jax.tree.leaves(unwrap(params)))
+        meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
         return jax.tree.leaves(lo_multipliers(meta))
 
     def transform(self, theta: dict, num_steps: Any, *, param_meta: Any = None, roles: Any = None,
-                  multipliers: Any = None, base_params: Any = None
-                  ) -> optax.GradientTransformationExtraArgs:
+                  multipliers: Any = None, base_params: Any = None, parametrization: Optional[str] = None,
+                  learning_rate: Any = 1.0) -> optax.GradientTransformationExtraArgs:
         """The optax transformation defined by ``theta`` for a run of ``num_steps`` steps.
 
         Args:
           theta: meta-parameters from ``init`` (may be traced: meta-gradients, vmapped populations).
           num_steps: the run length T used by the fraction features (int, may be traced).
-          param_meta: pytree of ``ParamMeta`` for the params (e.g. ``task.param_meta``).
+          param_meta: pytree of ``ParamMeta`` for the params (e.g. ``task.param_meta``); it says
+            whether the model is µP or SP.
           roles: optional pytree of µP role overrides.
           multipliers: optional pytree of per-tensor update multipliers replacing s_W (applied in
             SP mode too).
-          base_params: the model at its base width, to infer roles when ``param_meta`` is absent.
+          base_params: the model at another (its base) width, to infer roles when ``param_meta`` is
+            absent.
+          parametrization: ``"sp"`` (a model without a 1/width readout multiplier) or ``"mup"``;
+            ``None`` takes it from ``param_meta``, and means ``"sp"`` when roles are inferred: a
+            user's own model is standard unless said otherwise (``metaopt.mup`` derives the
+            multipliers that make a µLO's steps on it those it took on µP models).
+          learning_rate: a global step scale (float, or a schedule of the step count like optax's);
+            1.0 is the meta-trained optimizer. ``optax.inject_hyperparams`` can drive it.
 
-        Without ``param_meta`` or ``multipliers``, µP roles are inferred from the gradients' shapes
-        when the update is traced.
+        Roles and fans are inferred from the gradients' paths and shapes when the update is traced
+        (``metaopt.mup.infer_param_meta``); ``metaopt.mup.param_table`` prints them. Parameters may
+        be flax ``nnx`` variables (``nnx.Optimizer(model, tx, wrt=nnx.Param)``): the state holds
+        plain arrays, so it keeps its type from step to step. Training past ``num_steps`` warns once.
 
         Returns:
           ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, **extra)``
@@ -336,7 +457,8 @@ class MLPLOpt(LearnedOptimizer):
           ``loss``.
 
         Raises:
-          ValueError: wrong theta structure, ``num_steps <= 0``, or µP metadata not matching params.
+          ValueError: wrong theta structure, ``num_steps`` not a positive integer, non-float params,
+            or µP metadata not matching params (naming the tensor).
         """
         self.check_theta(theta)
         tf.check_num_steps(num_steps)
@@ -344,16 +466,24 @@ class MLPLOpt(LearnedOptimizer):
         decays = dict(momentum_decays=self.momentum_decays,
                       second_moment_decay=self.second_moment_decay,
                       factored_decays=self.factored_decays)
+        mup_args = (param_meta, roles, multipliers, base_params, parametrization)
+        past_end = _past_end_warning(theta, num_steps)
 
         def init_fn(params):
-            self._multipliers(params, param_meta, roles, multipliers, base_params)
-            return feat.init_accumulators(params, self.momentum_decays, self.factored_decays)
+            check_params(params)
+            self._multipliers(params, *mup_args)
+            return feat.init_accumulators(unwrap(params), self.momentum_decays, self.factored_decays)
 
         def update_fn(updates, state, params=None, **extra_args):
             del extra_args
             if params is None:
                 raise ValueError("params: MLPLOpt.update needs params (the parameter is an input feature)")
-            scales = self._multipliers(updates, param_meta, roles, multipliers, base_params)
+            out_treedef = jax.tree.structure(updates)  # nnx variables stay where they were
+            updates, params = unwrap(updates), unwrap(params)
+            scales = self._multipliers(updates, *mup_args)
+            step_size = learning_rate(state.count) if callable(learning_rate) else learning_rate
+            if past_end is not None:
+                past_end(state.count)
             time_vec = tf.time_features(state.count, num_steps, self.time_features, self.step_features)
             state = feat.update_accumulators(updates, state, **decays)
             g_leaves, treedef = jax.tree.flatten(updates)
@@ -385,8 +515,9 @@ class MLPLOpt(LearnedOptimizer):
                     size = g_leaves[i].size
                     steps[i] = step[offset:offset + size].reshape(g_leaves[i].shape)
                     offset += size
-            out = [(-jnp.asarray(s, jnp.float32) * u).astype(p.dtype)
+            step_size = jnp.asarray(step_size, jnp.float32)
+            out = [(-(step_size * jnp.asarray(s, jnp.float32)) * u).astype(p.dtype)
                    for u, p, s in zip(steps, p_leaves, scales)]
-            return jax.tree.unflatten(treedef, out), state
+            return jax.tree.unflatten(out_treedef, out), state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -230,11 +230,13 @@ def test_mup_multipliers_against_sp(width):
     @jax.jit
     def updates(theta, params, base):
         return (_first_update(sp_lo, theta, params),
+                _first_update(mup_lo, theta, params, parametrization="mup"),
+                _first_update(mup_lo, theta, params,
+                              param_meta=infer_param_meta(params, base, parametrization="mup")),
                 _first_update(mup_lo, theta, params),
-                _first_update(mup_lo, theta, params, param_meta=infer_param_meta(params, base)),
                 _first_update(sp_lo, theta, params, multipliers=mults))
 
-    sp_up, *mup_ups, half_up = updates(theta, params, base)
+    sp_up, *mup_ups, sp_model_up, half_up = updates(theta, params, base)
     assert float(jnp.max(jnp.abs(sp_up["l1"]["w"]))) > 0
     for up in mup_ups:
         np.testing.assert_allclose(up["l1"]["w"], sp_up["l1"]["w"] / width, rtol=1e-5, atol=1e-12)
@@ -242,6 +244,11 @@ def test_mup_multipliers_against_sp(width):
             np.testing.assert_allclose(up[name]["w"], sp_up[name]["w"], rtol=1e-6)
         for name in ("l0", "l1", "l2"):
             np.testing.assert_allclose(up[name]["b"], sp_up[name]["b"], rtol=1e-6)
+    # A standard model (the default for inferred roles) has no 1/width readout multiplier, so a
+    # µLO scales its readout's update by 1/fan_in as well.
+    np.testing.assert_allclose(sp_model_up["l2"]["w"], sp_up["l2"]["w"] / width, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(sp_model_up["l1"]["w"], sp_up["l1"]["w"] / width, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(sp_model_up["l0"]["w"], sp_up["l0"]["w"], rtol=1e-6)
     np.testing.assert_allclose(half_up["l1"]["w"], 0.5 * sp_up["l1"]["w"], rtol=1e-6)
 
 
