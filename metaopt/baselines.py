@@ -21,6 +21,9 @@ optimizer's own hyperparameters (``weight_decay``, ``b1``, ``b2``, ``eps``, ``mo
   is 1. Default weight_decay 0.
 - ``lion``: sign-of-momentum updates (default b1 0.9, b2 0.99, weight_decay 1e-3).
 - ``sgdm``: SGD with heavy-ball momentum (default momentum 0.9, weight_decay 0).
+- ``muon``: Muon (``optax.contrib.muon``): momentum orthogonalised by Newton-Schulz iterations on
+  every matrix, Adam on vectors and other tensors, one scheduled learning rate for both (default
+  beta 0.95, weight_decay 0).
 
 The µP arguments are accepted by every factory so callers can treat them alike; only ``muadam`` uses
 them. ``default_lr_grid(name)`` gives the log-spaced grid the evaluation program tunes over.
@@ -29,6 +32,7 @@ References:
   Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019 (AdamW). Yang et al.,
   "Tensor Programs V", 2022 (µAdam). Chen et al., "Symbolic Discovery of Optimization Algorithms",
   2023 (Lion). Therien et al., "µLO", ICLR 2026 (µAdam as the baseline for µP learned optimizers).
+  Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024.
 """
 
 from __future__ import annotations
@@ -228,11 +232,40 @@ def sgdm(learning_rate: Any, num_steps: int, *, schedule: str = "cosine",
     return optax.with_extra_args_support(optax.chain(*parts))
 
 
+def muon(learning_rate: Any, num_steps: int, *, schedule: str = "cosine",
+         warmup_steps: Optional[int] = None, param_meta: PyTree = None, roles: PyTree = None,
+         multipliers: PyTree = None, base_params: PyTree = None, **hyper
+         ) -> optax.GradientTransformationExtraArgs:
+    """Muon with a scheduled learning rate (``optax.contrib.muon``).
+
+    Args:
+      learning_rate: peak learning rate (float or traced scalar), shared by the orthogonalised
+        matrix updates and the Adam updates of the other tensors.
+      num_steps: run length (Python int).
+      schedule: a ``metaopt.schedules`` name.
+      warmup_steps: linear warm-up steps; default 5% of num_steps.
+      param_meta, roles, multipliers, base_params: accepted for a uniform call shape; unused.
+      **hyper: beta (0.95), weight_decay (0.0), final_fraction, decay_fraction.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    References:
+      Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024.
+    """
+    del param_meta, roles, multipliers, base_params
+    own, sched = _split_hyper("muon", hyper, {"beta": 0.95, "weight_decay": 0.0})
+    lr = _learning_rate(learning_rate, num_steps, schedule, warmup_steps, sched)
+    return optax.with_extra_args_support(
+        optax.contrib.muon(lr, beta=own["beta"], weight_decay=own["weight_decay"]))
+
+
 BASELINES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "adamw": adamw,
     "muadam": muadam,
     "lion": lion,
     "sgdm": sgdm,
+    "muon": muon,
 }
 
 # (lowest, highest) peak learning rate searched when tuning each baseline; wide enough that the best
@@ -242,6 +275,7 @@ LR_RANGES: dict[str, tuple[float, float]] = {
     "muadam": (1e-4, 1e-1),
     "lion": (1e-5, 1e-2),
     "sgdm": (1e-3, 3.0),
+    "muon": (1e-4, 1.0),
 }
 
 

@@ -7,7 +7,12 @@ then follows its shape until ``num_steps``:
 - ``cosine``: cosine decay from the peak to ``final_fraction * peak_value`` at ``num_steps``;
 - ``linear``: linear decay from the peak to ``final_fraction * peak_value`` at ``num_steps``;
 - ``wsd`` (warmup-stable-decay): stays at the peak, then decays linearly to
-  ``final_fraction * peak_value`` over the last ``decay_fraction`` of the run.
+  ``final_fraction * peak_value`` over the last ``decay_fraction`` of the run;
+- ``rex``: REX's reflected-exponential profile (1 - z) / (1 - z/2) of the decay's progress z,
+  floored at ``final_fraction``;
+- ``power``: the power scheduler's min(1, (n / n_w)^(-b)) with b = ``POWER_EXPONENT`` after the
+  warm-up (n counts steps, n_w the warm-up length, at least 1), then a linear decay to
+  ``final_fraction`` of its value over the last ``decay_fraction`` of the run, as in WSD.
 
 The shape is built from optax's schedules with unit peak and then scaled by ``peak_value``, so
 ``peak_value`` may be a traced scalar (a grid of learning rates vmapped in one program) while every
@@ -16,7 +21,9 @@ step boundary stays a Python int.
 References:
   Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", 2017 (cosine).
   Hu et al., "MiniCPM: Unveiling the Potential of Small Language Models with Scalable Training
-  Strategies", 2024 (warmup-stable-decay).
+  Strategies", 2024 (warmup-stable-decay). Chen et al., "REX: Revisiting Budgeted Training with an
+  Improved Schedule", MLSys 2022. Shen et al., "Power Scheduler: A Batch Size and Token Number
+  Agnostic Learning Rate Scheduler", 2024.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("constant", "cosine", "linear", "wsd")
+SCHEDULES = ("constant", "cosine", "linear", "wsd", "rex", "power")
+# The power scheduler's exponent b (Shen et al. 2024 use 0.51).
+POWER_EXPONENT = 0.51
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -53,6 +62,11 @@ def _decay(name: str, steps: int, final_fraction: float) -> optax.Schedule:
         return optax.constant_schedule(final_fraction)
     if name == "cosine":
         return optax.cosine_decay_schedule(1.0, steps, alpha=final_fraction)
+    if name == "rex":
+        def rex(count):
+            z = jnp.clip(jnp.asarray(count, jnp.float32) / steps, 0.0, 1.0)
+            return jnp.maximum((1.0 - z) / (1.0 - 0.5 * z), final_fraction)
+        return rex
     return optax.linear_schedule(1.0, final_fraction, steps)
 
 
@@ -68,11 +82,22 @@ def unit_schedule(name: str, num_steps: int, warmup_steps: int = 0, *, final_fra
     final_fraction = _check_fraction("final_fraction", final_fraction)
     decay_fraction = _check_fraction("decay_fraction", decay_fraction)
 
-    if name == "wsd":
+    if name in ("wsd", "power"):
         decay_steps = int(round(decay_fraction * num_steps))
         decay_start = max(warmup_steps, num_steps - decay_steps)
-        pieces = [optax.constant_schedule(1.0),
-                  _decay("linear", num_steps - decay_start, final_fraction)]
+        if name == "wsd":
+            stable = optax.constant_schedule(1.0)
+            level = 1.0
+        else:
+            start = max(warmup_steps, 1)
+
+            def stable(count):  # count runs from the end of warm-up
+                n = jnp.asarray(count, jnp.float32) + warmup_steps
+                return jnp.minimum(1.0, (jnp.maximum(n, 1.0) / start) ** -POWER_EXPONENT)
+
+            level = min(1.0, (max(decay_start, 1) / start) ** -POWER_EXPONENT)
+        decay = _decay("linear", num_steps - decay_start, final_fraction)
+        pieces = [stable, lambda count: level * decay(count)]
         after_warmup = optax.join_schedules(pieces, [decay_start - warmup_steps])
     else:
         after_warmup = _decay(name, num_steps - warmup_steps, final_fraction)
@@ -87,12 +112,12 @@ def make_schedule(name: str, peak_value: Any, num_steps: int, warmup_steps: int 
     """A learning-rate schedule: linear warm-up from 0, then the named shape.
 
     Args:
-      name: one of ``"constant"``, ``"cosine"``, ``"linear"``, ``"wsd"``.
+      name: one of ``SCHEDULES``.
       peak_value: the learning rate reached at the end of warm-up; a float or a (traced) scalar.
       num_steps: length of the run (Python int >= 1); decays reach their final value here.
       warmup_steps: steps of linear warm-up from 0 (Python int, 0 <= warmup_steps <= num_steps).
       final_fraction: the final value as a fraction of ``peak_value`` (cosine, linear, wsd).
-      decay_fraction: fraction of ``num_steps`` spent in the final linear decay (wsd only).
+      decay_fraction: fraction of ``num_steps`` spent in the final linear decay (wsd, power).
 
     Returns:
       An optax schedule ``count -> learning rate``.
