@@ -135,31 +135,46 @@ def _first_line(e: BaseException) -> str:
 
 
 def _build_task_groups(task_cfg: dict, seed: int):
+    """The run's task family and its task groups: one config per group, from the run's family or,
+    where a group's mapping names one (``family: cnn_digits``), from that family, so a run can
+    meta-train on MLPs, CNNs and transformers alike."""
     import metaopt.tasks as tasks_pkg
 
-    name = task_cfg["family"]
     known = list(tasks_pkg.list_families())
-    if name not in known:
-        raise ConfigError(f"task.family: unknown family {name!r}; known: {known}")
-    try:
-        family = tasks_pkg.get_family(name, **task_cfg["family_kwargs"])
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"task.family_kwargs: {_first_line(e)}") from None
-    configs = []
+    families = {}
+
+    def family_of(name: str, field: str):
+        if name not in known:
+            raise ConfigError(f"{field}: unknown family {name!r}; known: {known}")
+        if name not in families:
+            try:
+                families[name] = tasks_pkg.get_family(name, **task_cfg["family_kwargs"])
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"task.family_kwargs: {_first_line(e)}") from None
+        return families[name]
+
+    family = family_of(task_cfg["family"], "task.family")
+    configs, group_families = [], []
     if task_cfg["num_sampled_groups"]:
         sample_key = jax.random.fold_in(jax.random.key(seed), 3)
         for i in range(task_cfg["num_sampled_groups"]):
             configs.append(family.sample(jax.random.fold_in(sample_key, i)))
+            group_families.append(family)
     else:
         for i, override in enumerate(task_cfg["configs"]):
+            override = dict(override)
+            group_family = family
+            if "family" in override:
+                group_family = family_of(override.pop("family"), f"task.configs[{i}].family")
             try:
-                configs.append(family.make_config(**override))
+                configs.append(group_family.make_config(**override))
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"task.configs[{i}].{_first_line(e)}") from None
+            group_families.append(group_family)
     tasks = []
-    for i, config in enumerate(configs):
+    for i, (config, group_family) in enumerate(zip(configs, group_families)):
         try:
-            tasks.append(family.task(config))
+            tasks.append(group_family.task(config))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"task.configs[{i}].{_first_line(e)}") from None
     return family, configs, tasks
