@@ -644,7 +644,7 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
                     record["stall_reason"] = stall.reason
                 logger.log(done, record)
                 if stalled is not None and main:
-                    bar.write(f"warning: {stalled}")
+                    bar.write(f"warning: {stalled}", file=sys.stderr)
                 bar.set_postfix(meta_loss=f"{record.get('meta_loss_avg', math.nan):.4g}",
                                 inner_sps=f"{record['inner_steps_per_s']:.0f}", refresh=False)
                 pending = []

@@ -1,0 +1,287 @@
+"""What a run folder promises: one owner at a time, resumes that end where an uninterrupted run ends
+whatever phase a kill lands in, records that refuse to load when changed, and bad input refused
+with exit status 2, one line naming the field, and no byte of any folder changed.
+
+Meta-training runs use a micro config (a 4-dimensional quadratic, a learned optimizer with two
+features and no hidden layer, PES over one task pair) so that a run costs about one compilation.
+Kills are real process exits at named phases (``METAOPT_CRASH_AT``, ``os._exit``: no cleanup runs).
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+import metaopt
+from metaopt import checkpoint as ckpt_lib
+from metaopt.meta_train import checkpoints as run_ckpts
+from metaopt.meta_train import cli, faults
+from metaopt.meta_train.lock import LOCK_FILE, RunLock, read_owner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MICRO = {
+    "name": "micro",
+    "seed": 3,
+    "outer_steps": 6,
+    "checkpoint_every": 2,
+    "log_every": 2,
+    "task": {"family": "quadratic", "configs": [{"base_width": 4, "batch_size": 2}]},
+    "lopt": {"kind": "mlp_lopt", "hidden_size": 2, "num_hidden_layers": 0, "time_features": False,
+             "step_features": False, "features": ["grad", "momentum_0.9"], "momentum_decays": [0.9],
+             "factored_decays": [0.9]},
+    "estimator": {"name": "pes", "num_tasks": 1, "num_perturbations": 1, "truncation_length": 2,
+                  "min_horizon": 4, "max_horizon": 4},
+    "outer": {"learning_rate": 1e-2},
+}
+TIMING = ("step_s", "inner_steps_per_s", "wall_s", "compile_s")
+
+
+def folder_digest(path):
+    """Every file's sha256 and every folder under ``path`` (empty dict when it does not exist)."""
+    digest = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as f:
+                digest[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+        for name in dirnames:
+            digest[os.path.relpath(os.path.join(dirpath, name), path) + "/"] = "dir"
+    return digest
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    out = dict(os.environ)
+    out.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+    out["PYTHONPATH"] = ROOT + os.pathsep + out.get("PYTHONPATH", "")
+    out.pop("XLA_FLAGS", None)
+    out.pop(faults.ENV, None)
+    return out
+
+
+def run_cli(env, *args, crash_at=None):
+    full_env = dict(env)
+    if crash_at:
+        full_env[faults.ENV] = crash_at
+    return subprocess.run([sys.executable, "-m", "metaopt.meta_train", "--no-progress", *map(str, args)],
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A folder holding the micro config and, once ``reference`` ran, a finished run folder."""
+    root = tmp_path_factory.mktemp("ws")
+    (root / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(workspace, env):
+    """An uninterrupted micro run in its own process: its folder (kept unchanged by every test)."""
+    run_dir = workspace / "reference"
+    proc = run_cli(env, "--config", workspace / "micro.yaml", f"run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def final_record(run_dir):
+    """(state leaves of the newest checkpoint, theta leaves, metrics without timings) of a run folder."""
+    step, path = run_ckpts.list_checkpoints(str(run_dir))[0]
+    state, meta = ckpt_lib.load_tree(path)
+    _, theta = metaopt.load(run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    metrics = [{k: v for k, v in r.items() if k not in TIMING} for r in records if "meta_loss" in r]
+    return step, [np.asarray(x) for x in jax.tree.leaves(state)], [np.asarray(x) for x in jax.tree.leaves(theta)], metrics
+
+
+def assert_bit_identical(a, b):
+    step_a, state_a, theta_a, metrics_a = a
+    step_b, state_b, theta_b, metrics_b = b
+    assert step_a == step_b
+    assert len(state_a) == len(state_b) and len(theta_a) == len(theta_b)
+    for x, y in zip(state_a + theta_a, state_b + theta_b):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+    assert metrics_a == metrics_b
+
+
+# ---------------------------------------------------------------- kill and resume
+
+
+# One kill at every phase of a run, in the order a run meets them. Each kill is followed by the
+# next run resuming the folder, so every kill is also a test of resuming what the previous one left.
+CHAIN = [("compile", None), ("step", 3), ("checkpoint", 4), ("theta", 6), ("end", None)]
+
+
+def test_kill_at_every_phase_then_resume_is_bit_identical(workspace, reference, env):
+    run_dir = workspace / "killed"
+    config = workspace / "micro.yaml"
+    for i, (phase, at) in enumerate(CHAIN):
+        proc = run_cli(env, "--config", config, f"run_dir={run_dir}",
+                       crash_at=phase if at is None else f"{phase}:{at}")
+        assert proc.returncode == faults.CRASH_STATUS, (phase, proc.stderr)
+        owner = read_owner(str(run_dir))
+        assert owner is not None and owner["pid"] != os.getpid()  # the dead process still named
+        if i:  # the previous process was killed holding the lock
+            assert "taking over the lock of process" in proc.stderr, proc.stderr
+        steps = [s for s, _ in run_ckpts.list_checkpoints(str(run_dir))]
+        theta_step = (ckpt_lib.load_metadata(run_dir)["outer_step"]
+                      if os.path.isdir(run_dir / "theta") else None)
+        if phase == "compile":
+            assert steps == [] and theta_step is None
+        elif phase == "step":
+            assert steps == [2] and theta_step == 2
+        elif phase == "checkpoint":  # killed before the rename: the step-4 save is a hidden .tmp folder
+            assert steps == [2] and theta_step == 2
+            assert any(".tmp-" in n for n in os.listdir(run_dir / "checkpoints"))
+        elif phase == "theta":  # the checkpoint of the last step is there, theta/ still from step 4
+            assert steps == [6, 4] and theta_step == 4
+        else:  # the resume that met "end" found a finished run with a stale theta/ and repaired it
+            assert steps == [6, 4] and theta_step == 6
+            assert "theta: rewritten from the checkpoint of outer step 6 (it held outer step 4)" in proc.stderr
+    status = cli.main(["--config", str(config), f"run_dir={run_dir}", "--no-progress"])
+    assert status == 0
+    assert read_owner(str(run_dir)) is None  # released: the lock file is empty
+    assert not [n for n in os.listdir(run_dir / "checkpoints") if n.startswith(".")]
+    assert_bit_identical(final_record(run_dir), final_record(reference))
+
+
+def test_truncated_theta_of_a_finished_run_is_rewritten(workspace, reference, capsys):
+    run_dir = workspace / "truncated"
+    shutil.copytree(reference, run_dir)
+    arrays = [os.path.join(d, f) for d, _, fs in os.walk(run_dir / "theta" / "arrays") for f in fs]
+    biggest = max(arrays, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+    with pytest.raises(ckpt_lib.CheckpointError):
+        metaopt.load(run_dir)
+    assert cli.main(["--config", str(workspace / "micro.yaml"), f"run_dir={run_dir}", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "theta: rewritten from the checkpoint of outer step 6 (it did not verify" in err
+    assert "finished at outer step 6/6" in err
+    assert_bit_identical(final_record(run_dir), final_record(reference))
+
+
+def test_every_checkpoint_corrupt_restarts_from_zero_and_says_so(workspace, reference, capsys):
+    run_dir = workspace / "all_corrupt"
+    shutil.copytree(reference, run_dir)
+    for _, path in run_ckpts.list_checkpoints(str(run_dir)):
+        files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(path, "arrays")) for f in fs]
+        target = max(files, key=os.path.getsize)
+        data = bytearray(open(target, "rb").read())
+        data[len(data) // 2] ^= 0x01
+        open(target, "wb").write(bytes(data))
+    status = cli.main(["--config", str(workspace / "micro.yaml"), f"run_dir={run_dir}", "--no-progress"])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: skipping checkpoint") == 2
+    assert "no checkpoint in" in err and "verified; starting again from outer step 0" in err
+    assert_bit_identical(final_record(run_dir), final_record(reference))
+
+
+def test_second_process_on_a_run_folder_is_refused(workspace, reference, env):
+    run_dir = workspace / "busy"
+    shutil.copytree(reference, run_dir)
+    before = folder_digest(run_dir)
+    with RunLock(str(run_dir)):
+        after_lock = folder_digest(run_dir)
+        proc = run_cli(env, "--config", workspace / "micro.yaml", f"run_dir={run_dir}", "--fresh", "seed=1")
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: run_dir: '{run_dir}' is in use by process "
+                                                       f"{os.getpid()} on host"), proc.stderr
+        assert folder_digest(run_dir) == after_lock
+    assert {k: v for k, v in folder_digest(run_dir).items() if k != LOCK_FILE} == \
+        {k: v for k, v in before.items() if k != LOCK_FILE}
+
+
+def test_stall_is_said_once_in_progress_and_metrics(workspace, capsys):
+    run_dir = workspace / "stalled"
+    status = cli.main(["--config", str(workspace / "micro.yaml"), f"run_dir={run_dir}", "--no-progress",
+                       "lopt.lambda1=1e4", "stall_steps=2", "log_every=1", "outer_steps=5"])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert err.count("not learning") == 1
+    assert ("warning: not learning: the meta-gradient is exactly zero at every outer step since step 1 "
+            "(2 in a row); theta is not improving") in err
+    with open(run_dir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f if "meta_loss" in line]
+    flagged = [r for r in records if r.get("stalled")]
+    assert [r["step"] for r in flagged] == [2] and flagged[0]["stalled_since"] == 1
+    # Every inner run is at the loss ceiling: counted as diverged.
+    assert all(r["diverged"] == 1.0 and r["grad_norm"] == 0.0 for r in records)
+
+
+# ---------------------------------------------------------------- bit flips
+
+
+def test_every_single_bit_flip_of_a_manifest_is_refused_or_changes_nothing(tmp_path):
+    lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0, features=("grad",), momentum_decays=(0.9,),
+                           factored_decays=(0.9,), time_features=False, step_features=False)
+    path = tmp_path / "lopt"
+    metaopt.save(path, lopt, lopt.init(jax.random.key(0)), metadata={"num_steps": 100, "outer_step": 40})
+    manifest_path = path / ckpt_lib.MANIFEST
+    original = manifest_path.read_bytes()
+    content = json.loads(original)
+    refused = same = 0
+    for byte in range(len(original)):
+        for bit in range(8):
+            flipped = bytearray(original)
+            flipped[byte] ^= 1 << bit
+            manifest_path.write_bytes(bytes(flipped))
+            try:
+                manifest = ckpt_lib._read_manifest(path)
+            except ckpt_lib.CheckpointError:
+                refused += 1
+                continue
+            # A flip that still reads must leave the content as it was ("1e-08" -> "1E-08").
+            assert manifest == content, (byte, bit)
+            same += 1
+    manifest_path.write_bytes(original)
+    assert refused + same == 8 * len(original) and refused > 0.99 * 8 * len(original)
+    metaopt.load(path)
+
+
+@pytest.mark.parametrize("field, old, new", [
+    ("lambda2", '"lambda2": 0.001', '"lambda2": 0.003'),
+    ("eps", '"eps": 1e-08', '"eps": 1e-09'),
+    ("second_moment_decay", '"second_moment_decay": 0.999', '"second_moment_decay": 0.998'),
+    ("num_steps", '"num_steps": 100', '"num_steps": 101'),
+    ("outer_step", '"outer_step": 40', '"outer_step": 41'),
+])
+def test_a_changed_manifest_value_does_not_load(tmp_path, field, old, new):
+    lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0)
+    path = tmp_path / "lopt"
+    metaopt.save(path, lopt, lopt.init(jax.random.key(0)), metadata={"num_steps": 100, "outer_step": 40})
+    text = (path / ckpt_lib.MANIFEST).read_text()
+    assert text.count(old) == 1
+    (path / ckpt_lib.MANIFEST).write_text(text.replace(old, new))
+    with pytest.raises(ckpt_lib.CheckpointError, match="corrupt manifest"):
+        metaopt.load(path)
+    with pytest.raises(ckpt_lib.CheckpointError, match="corrupt manifest"):
+        ckpt_lib.load_metadata(path)
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0)
+    path = tmp_path / "old"
+    theta = lopt.init(jax.random.key(0))
+    metaopt.save(path, lopt, theta)
+    manifest = json.loads((path / ckpt_lib.MANIFEST).read_text())
+    manifest.pop(ckpt_lib.MANIFEST_DIGEST)
+    manifest["format_version"] = 1
+    (path / ckpt_lib.MANIFEST).write_text(json.dumps(manifest))
+    _, loaded = metaopt.load(path)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(theta)))
