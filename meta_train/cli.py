@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the program; returns the exit status (0 done, 2 bad input)."""
     from metaopt.meta_train.config import ConfigError, load_config
 
-    args = make_parser().parse_intermixed_args(argv)
+    try:
+        args = make_parser().parse_intermixed_args(argv)
+    except SystemExit as e:  # the parser's one-line error (or --help): a status, not an exception
+        return e.code if isinstance(e.code, int) else 2
     if args.max_outer_steps_this_run is not None and args.max_outer_steps_this_run < 1:
         print(f"error: --max-outer-steps-this-run: expected a positive int, got "
               f"{args.max_outer_steps_this_run}", file=sys.stderr)

@@ -285,3 +285,194 @@ def test_format_1_checkpoints_still_load(tmp_path):
     (path / ckpt_lib.MANIFEST).write_text(json.dumps(manifest))
     _, loaded = metaopt.load(path)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(theta)))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def battery(workspace, reference):
+    """A folder for the bad-input battery: a finished run, a non-run folder, and bad config files."""
+    root = workspace / "battery"
+    root.mkdir()
+    shutil.copytree(reference, root / "run")
+    (root / "notes").mkdir()
+    (root / "notes" / "keep.txt").write_text("mine")
+    (root / "a_file").write_text("not a folder")
+    (root / "dup.yaml").write_text(yaml.safe_dump(MICRO) + "seed: 4\n")
+    (root / "latin1.yaml").write_bytes(yaml.safe_dump(MICRO).encode() + b"name: caf\xe9\n")
+    (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "configs_dir").mkdir()
+    # A run folder whose config.yaml says seed 4 but whose checkpoints were made with seed 3.
+    shutil.copytree(reference, root / "foreign")
+    saved = yaml.safe_load((root / "foreign" / "config.yaml").read_text())
+    saved["seed"] = 4
+    (root / "foreign" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    return root
+
+
+# (arguments after --config, or a replacement --config; the start of the one error line)
+TRAIN_CASES = [
+    (["seed=1180591620717411303424"], "error: seed: expected an int in [0, 4294967295]"),  # 2**70
+    (["seed=4294967296"], "error: seed: expected an int in [0, 4294967295]"),
+    (["seed=-1"], "error: seed: expected an int >= 0"),
+    (["lopt.num_hidden_layers=2", "lopt.hidden_size=1000000000000"], "error: lopt: theta alone is 3.47e+06 EiB (hidden_size=1000000000000, num_hidden_layers=2)"),
+    (["estimator.num_tasks=4", "estimator.truncation_length=1000000000"],
+     "error: estimator.truncation_length: the population takes 8000000000 inner steps per outer step"),
+    (["estimator.num_tasks=4000000000"], "error: estimator.num_tasks: expected an int in [1, 2147483647]"),
+    (["lopt.eps=.nan"], "error: lopt.eps: expected a finite number"),
+    (["lopt.eps=0"], "error: lopt.eps: expected a number > 0"),
+    (["lopt.lambda1=abc"], "error: lopt.lambda1: expected a number > 0 or None, got 'abc'"),
+    (["lopt.lambda2=-.inf"], "error: lopt.lambda2: expected a finite number"),
+    (["lopt.momentum_decays=0.9"], "error: lopt.momentum_decays: expected a non-empty list of decays in [0, 1)"),
+    (["lopt.momentum_decays=[0.9, 1.5]"], "error: lopt.momentum_decays: expected a non-empty list of decays"),
+    (["lopt.hidden_size=2.5"], "error: lopt.hidden_size: expected an int"),
+    (["lopt.num_hidden_layers=-1"], "error: lopt.num_hidden_layers: expected an int >= 0"),
+    (["lopt.mup=maybe"], "error: lopt.mup: expected true or false"),
+    (["lopt.second_moment_decay=1.0"], "error: lopt.second_moment_decay: expected a number in [0, 1)"),
+    (["lopt.kind=adam"], "error: lopt.kind: got 'adam'"),
+    (["outer_steps=2.5"], "error: outer_steps: expected a positive int, got 2.5"),
+    (["outer_steps=2147483648"], "error: outer_steps: expected an int in [1, 2147483647]"),
+    (["outer.learning_rate=.inf"], "error: outer.learning_rate: expected a finite number"),
+    (["outer.optimizer=sgd"], "error: outer.optimizer: got 'sgd'"),
+    (["estimator.sigma=.nan"], "error: estimator.sigma: expected a finite number"),
+    (["task.family_kwargs={scale: .nan}"], "error: task.family_kwargs.scale: expected a finite number"),
+    (["stall_steps=0"], "error: stall_steps: expected a positive int"),
+    (["log_every=-2"], "error: log_every: expected a positive int"),
+    (["name=a/b"], "error: name: expected letters, digits"),
+    (["outer_steps"], "error: override 'outer_steps': expected key=value"),
+    (["--max-outer-steps-this-run", "0"], "error: --max-outer-steps-this-run: expected a positive int"),
+    (["--resume", "--fresh"], "error: argument --fresh/--overwrite: not allowed with argument --resume"),
+    (["run_dir={root}/a_file"], "error: run_dir: '{root}/a_file' exists and is not a folder"),
+    (["run_dir={root}/notes", "--fresh"], "error: run_dir: '{root}/notes' exists and is not a metaopt run folder"),
+    (["run_dir={root}/nothing", "--resume"], "error: --resume: no run folder at '{root}/nothing'"),
+    (["seed=5"], "error: run_dir: '{root}/run' was made by a different config (seed: 3 -> 5)"),
+    (["run_dir={root}/foreign", "seed=4"],
+     "error: run_dir: '{root}/foreign' holds the checkpoint of outer step 6 made by a different config "
+     "(seed: 3 -> 4)"),
+    (["--config={root}/dup.yaml"], "error: {root}/dup.yaml: duplicate key 'seed'"),
+    (["--config={root}/latin1.yaml"], "error: --config: '{root}/latin1.yaml' is not UTF-8 text"),
+    (["--config={root}/configs_dir"], "error: --config: '{root}/configs_dir' is a folder"),
+    (["--config={root}/missing.yaml"], "error: --config: no such file '{root}/missing.yaml'"),
+    (["--config={root}/list.yaml"], "error: {root}/list.yaml: expected a mapping at the top level"),
+]
+
+
+@pytest.mark.parametrize("args, message", TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
+def test_meta_train_bad_input(battery, workspace, capsys, args, message):
+    root = str(battery)
+    args = [a.replace("{root}", root) for a in args]
+    config = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), str(workspace / "micro.yaml"))
+    args = [a for a in args if not a.startswith("--config=")]
+    if not any(a.startswith("run_dir=") for a in args):
+        args.append(f"run_dir={root}/run")
+    before = folder_digest(battery)
+    status = cli.main(["--config", config, "--no-progress", *args])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and err.startswith(message.replace("{root}", root)), err
+    assert folder_digest(battery) == before
+
+
+def test_overrides_may_follow_flags(battery, workspace, capsys):
+    # Parsed (the override after the flag is applied): the error is about the value, not the syntax.
+    status = cli.main(["--config", str(workspace / "micro.yaml"), "outer_steps=5", "--fresh", "seed=-7",
+                       f"run_dir={battery}/run"])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == "error: seed: expected an int >= 0, got -7"
+
+
+def _lopt():
+    return metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0)
+
+
+LIBRARY_CASES = [
+    (lambda: metaopt.MLPLOpt(hidden_size="abc"), TypeError, "hidden_size: expected an int >= 1, got 'abc'"),
+    (lambda: metaopt.MLPLOpt(hidden_size=2.5), TypeError, "hidden_size: expected an int >= 1, got 2.5"),
+    (lambda: metaopt.MLPLOpt(hidden_size=0), ValueError, "hidden_size: expected an int >= 1, got 0"),
+    (lambda: metaopt.MLPLOpt(eps=math.nan), ValueError, "eps: expected a number > 0, got nan"),
+    (lambda: metaopt.MLPLOpt(lambda1="abc"), TypeError, "lambda1: expected a number > 0 or None"),
+    (lambda: metaopt.MLPLOpt(momentum_decays=0.9), TypeError, "momentum_decays: expected a non-empty list"),
+    (lambda: metaopt.MLPLOpt(mup=1), TypeError, "mup: expected True or False, got 1"),
+    (lambda: metaopt.MLPLOpt(features="grad"), TypeError, "features: expected None or a list"),
+    (lambda: metaopt.LearnedSchedule(base="rmsprop"), ValueError, "base: expected one of"),
+    (lambda: metaopt.LearnedSchedule(b2=1.0), ValueError, "b2: expected a number in [0, 1)"),
+    (lambda: metaopt.LearnedSchedule(max_multiplier=math.inf), ValueError, "max_multiplier: expected a number >= 1"),
+    (lambda: metaopt.LearnedSchedule(hidden_size=None), TypeError, "hidden_size: expected an int >= 1"),
+    (lambda: _lopt().transform(_lopt().init(jax.random.key(0)), "100"), TypeError,
+     "num_steps: expected a positive whole number of steps, got '100'"),
+    (lambda: _lopt().transform(_lopt().init(jax.random.key(0)), 2.5), ValueError,
+     "num_steps: expected a positive whole number of steps, got 2.5"),
+    (lambda: _lopt().transform(_lopt().init(jax.random.key(0)), 0), ValueError,
+     "num_steps: expected a positive whole number of steps, got 0"),
+    (lambda: _lopt().transform(_lopt().init(jax.random.key(0)), True), TypeError,
+     "num_steps: expected a positive whole number of steps, got True"),
+    (lambda: metaopt.LearnedSchedule().transform(metaopt.LearnedSchedule().init(jax.random.key(0)), None),
+     TypeError, "num_steps: expected a positive whole number of steps, got None"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", LIBRARY_CASES, ids=[m for _, _, m in LIBRARY_CASES])
+def test_library_bad_input(make, error, message):
+    with pytest.raises(error) as info:
+        make()
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and text.startswith(message), text
+
+
+@pytest.fixture(scope="module")
+def eval_battery(tmp_path_factory):
+    """A saved learned optimizer with its task, a finished-looking output folder, and bad suite files."""
+    root = tmp_path_factory.mktemp("eval_battery")
+    lopt = _lopt()
+    metaopt.save(root / "lopt", lopt, lopt.init(jax.random.key(0)),
+                 metadata={"task": {"family": "quadratic", "family_kwargs": {}, "config": {"base_width": 4}},
+                           "num_steps": 8, "outer_step": 1})
+    (root / "notes").mkdir()
+    (root / "notes" / "keep.txt").write_text("mine")
+    (root / "dup.yaml").write_text("suite: s\naxis: width\nvalues: [1]\naxis: depth\n")
+    (root / "latin1.yaml").write_bytes(b"suite: caf\xe9\naxis: width\nvalues: [1]\n")
+    (root / "suite_dir.yaml").mkdir()
+    return root
+
+
+EVAL_CASES = [
+    (["--suite", "nope"], "error: suite: unknown suite 'nope'"),
+    (["--suite", "{root}/dup.yaml"], "error: suite: {root}/dup.yaml: duplicate key 'axis'"),
+    (["--suite", "{root}/latin1.yaml"], "error: suite: '{root}/latin1.yaml' is not UTF-8 text"),
+    (["--suite", "{root}/suite_dir.yaml"], "error: suite: '{root}/suite_dir.yaml' is a folder"),
+    (["--checkpoint", "{root}/missing"], "error: checkpoint: no such folder"),
+    (["seeds=0"], "error: seeds: expected a positive integer"),
+    (["confidence=.nan"], "error: confidence: expected a number in (0, 1)"),
+    (["divergence_tolerance=.inf"], "error: divergence_tolerance: expected a number >= 0"),
+    (["values=[1, 2.5]"], "error: values: expected a positive integer"),
+    (["tuning.warmup_fraction=.nan"], "error: tuning.warmup_fraction: expected a number in [0, 1)"),
+    (["tuning.seed=1180591620717411303424"], "error: tuning.seed: expected an integer in [0, 4294967295]"),
+    (["--out", "{root}/notes"], "error: out: {root}/notes is a non-empty folder that is not an evaluation"),
+    (["--no-plots", "seeds=-1", "--no-progress"], "error: seeds: expected a positive integer"),
+]
+
+
+@pytest.mark.parametrize("args, message", EVAL_CASES, ids=[" ".join(a) for a, _ in EVAL_CASES])
+def test_evaluate_bad_input(eval_battery, capsys, args, message):
+    from metaopt.evaluate import cli as eval_cli
+
+    root = str(eval_battery)
+    args = [a.replace("{root}", root) for a in args]
+    if "--checkpoint" not in args:
+        args = ["--checkpoint", f"{root}/lopt", *args]
+    if "--suite" not in args:
+        args = ["--suite", "width_transfer", *args]
+    if "--out" not in args:
+        args += ["--out", f"{root}/out"]
+    before = folder_digest(eval_battery)
+    with pytest.raises(SystemExit) as info:
+        eval_cli.main(args)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith(message.replace("{root}", root)), err
+    assert folder_digest(eval_battery) == before
+
+
+def test_the_battery_holds_at_least_40_cases():
+    assert len(TRAIN_CASES) + 1 + len(LIBRARY_CASES) + len(EVAL_CASES) >= 40
