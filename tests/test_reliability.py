@@ -476,3 +476,61 @@ def test_evaluate_bad_input(eval_battery, capsys, args, message):
 
 def test_the_battery_holds_at_least_40_cases():
     assert len(TRAIN_CASES) + 1 + len(LIBRARY_CASES) + len(EVAL_CASES) >= 40
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _curve_cell(per_seed):
+    steps = list(range(len(per_seed[0])))
+    return {"status": "done", "name": "c", "family": "f", "num_steps": len(steps), "target": None,
+            "optimizers": {"a": {"diverged": [False] * len(per_seed),
+                                 "curve": {"steps": steps, "per_seed": per_seed}}}}
+
+
+def test_curve_bands_are_named_and_never_invented_on_a_log_axis():
+    from matplotlib.collections import PolyCollection
+
+    from metaopt.evaluate import plots
+
+    # Three seeds far apart: the 95% t-interval of the mean reaches below zero at every step.
+    fig = plots.curves_figure(_curve_cell([[1.0, 0.5, 0.2], [1.0, 0.6, 0.3], [9.0, 8.0, 7.0]]), ["a"], 0.95)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert "bands: 95% t-interval of the mean over non-diverged seeds" in ax.get_title()
+    bottom = ax.get_ylim()[0]
+    band = next(c for c in ax.collections if isinstance(c, PolyCollection))
+    lows = band.get_paths()[0].vertices[:, 1]
+    # The lower edge runs at the axis floor (no data bound), not at mean / 10 or another made-up value.
+    assert np.isclose(lows.min(), bottom)
+    means = np.array([11 / 3, 9.1 / 3, 7.5 / 3])
+    assert not np.any(np.isclose(lows[:, None], means[None, :] / 10))
+    # The floor itself comes from the data that can be drawn (the means): nothing far below them.
+    assert bottom > 0.5 * means.min() / 1.5
+
+
+def _summary(mean, lo, hi):
+    return {"mean": mean, "ci_low": lo, "ci_high": hi}
+
+
+def _axis_cells(lost):
+    cells = []
+    for x, mean in ((8.0, 1.0), (16.0, 0.8)):
+        opts = {"a": {"final_train_loss": _summary(mean, mean - 2.0, mean + 2.0),
+                      "final_eval_loss": _summary(mean, mean - 0.1, mean + 0.1)},
+                "b": {"final_train_loss": _summary(None if lost and x == 16.0 else 2.0, 1.5, 2.5),
+                      "final_eval_loss": _summary(2.0, 1.5, 2.5)}}
+        cells.append({"status": "done", "x": x, "name": f"w{x:g}", "optimizers": opts})
+    return cells
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_final_vs_axis_title_mentions_diverged_marks_only_when_there_are_some(lost):
+    from metaopt.evaluate import plots
+
+    fig = plots.final_vs_axis_figure(_axis_cells(lost), ["a", "b"], "width", 0.9)
+    title = fig._suptitle.get_text()
+    assert "bands: 90% t-interval of the mean over non-diverged seeds" in title
+    assert ("(x: all seeds diverged)" in title) == lost
+    train = fig.axes[0]
+    assert train.get_yscale() == "log" and train.get_ylim()[0] > 0.5
