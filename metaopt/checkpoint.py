@@ -302,9 +302,23 @@ def _read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise CheckpointError(f"path: {path} has no {MANIFEST} (not a checkpoint, or an incomplete save)")
     try:
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = manifest_path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{manifest_path}: cannot read the manifest ({err})") from None
+    return parse_manifest(data, manifest_path)
+
+
+def parse_manifest(data: bytes, where: Any = MANIFEST) -> dict:
+    """The manifest in ``data`` (a ``manifest.json``'s bytes), checked before anything in it is used.
+
+    Raises:
+      CheckpointError: not JSON, not a manifest, an unknown format, or (format 2) content that does
+        not match its ``manifest_sha256``.
+    """
+    manifest_path = where
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{manifest_path}: corrupt or truncated manifest ({err})") from None
     required = ("format", "format_version", "metadata", "structure", "leaves", "files")
     if not isinstance(manifest, dict) or any(k not in manifest for k in required):

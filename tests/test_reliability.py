@@ -236,21 +236,26 @@ def test_every_single_bit_flip_of_a_manifest_is_refused_or_changes_nothing(tmp_p
     original = manifest_path.read_bytes()
     content = json.loads(original)
     refused = same = 0
+    flipped = bytearray(original)
     for byte in range(len(original)):
         for bit in range(8):
-            flipped = bytearray(original)
             flipped[byte] ^= 1 << bit
-            manifest_path.write_bytes(bytes(flipped))
             try:
-                manifest = ckpt_lib._read_manifest(path)
+                manifest = ckpt_lib.parse_manifest(bytes(flipped))
             except ckpt_lib.CheckpointError:
                 refused += 1
-                continue
-            # A flip that still reads must leave the content as it was ("1e-08" -> "1E-08").
-            assert manifest == content, (byte, bit)
-            same += 1
-    manifest_path.write_bytes(original)
+            else:
+                # A flip that still reads must leave the content as it was ("1e-08" -> "1E-08").
+                assert manifest == content, (byte, bit)
+                same += 1
+            flipped[byte] ^= 1 << bit
     assert refused + same == 8 * len(original) and refused > 0.99 * 8 * len(original)
+    # The bytes parse_manifest judged are those loading reads: one flip on disk is refused too.
+    flipped[len(original) // 2] ^= 0x04
+    manifest_path.write_bytes(bytes(flipped))
+    with pytest.raises(ckpt_lib.CheckpointError):
+        metaopt.load(path)
+    manifest_path.write_bytes(original)
     metaopt.load(path)
 
 
@@ -386,6 +391,10 @@ def _lopt():
     return metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0)
 
 
+def _schedule():
+    return metaopt.LearnedSchedule(hidden_size=2, num_hidden_layers=0)
+
+
 LIBRARY_CASES = [
     (lambda: metaopt.MLPLOpt(hidden_size="abc"), TypeError, "hidden_size: expected an int >= 1, got 'abc'"),
     (lambda: metaopt.MLPLOpt(hidden_size=2.5), TypeError, "hidden_size: expected an int >= 1, got 2.5"),
@@ -407,7 +416,7 @@ LIBRARY_CASES = [
      "num_steps: expected a positive whole number of steps, got 0"),
     (lambda: _lopt().transform(_lopt().init(jax.random.key(0)), True), TypeError,
      "num_steps: expected a positive whole number of steps, got True"),
-    (lambda: metaopt.LearnedSchedule().transform(metaopt.LearnedSchedule().init(jax.random.key(0)), None),
+    (lambda: _schedule().transform(_schedule().init(jax.random.key(0)), None),
      TypeError, "num_steps: expected a positive whole number of steps, got None"),
 ]
 
