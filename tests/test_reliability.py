@@ -543,3 +543,29 @@ def test_final_vs_axis_title_mentions_diverged_marks_only_when_there_are_some(lo
     assert ("(x: all seeds diverged)" in title) == lost
     train = fig.axes[0]
     assert train.get_yscale() == "log" and train.get_ylim()[0] > 0.5
+
+
+def test_evaluation_manifest_and_cells_refuse_a_changed_byte(tmp_path, capsys):
+    from metaopt.evaluate import store
+
+    out = str(tmp_path / "eval")
+    manifest = {"suite": "s", "theta_sha256": "ab" * 32, "fingerprint": "f" * 16, "suite_config": {"seeds": 3}}
+    store.open_output(out, manifest)
+    store.save_cell(out, {"name": "c", "fingerprint": "f" * 16, "loss": 0.25})
+    assert store.load_cell(out, "c", "f" * 16) == {"name": "c", "fingerprint": "f" * 16, "loss": 0.25}
+    cell = store.cell_path(out, "c")
+    with open(cell) as f:
+        text = f.read()
+    with open(cell, "w") as f:
+        f.write(text.replace("0.25", "0.35"))
+    assert store.load_cell(out, "c", "f" * 16) is None
+    assert "does not match its record_sha256; running the cell again" in capsys.readouterr().err
+    path = os.path.join(out, store.MANIFEST)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace('"seeds": 3', '"seeds": 4'))
+    before = folder_digest(out)
+    with pytest.raises(store.OutputMismatchError, match="does not match its record_sha256"):
+        store.open_output(out, manifest)
+    assert folder_digest(out) == before
