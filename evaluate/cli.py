@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the program; returns 0 (raises ``SystemExit(2)`` on bad input)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     from metaopt.evaluate import suites
 
     if args.list_suites:

@@ -200,6 +200,54 @@ def _lr_table(cells: list[dict], names: list[str]) -> list[str]:
     return lines
 
 
+# Fields of a suite that decide which cells run; the suite's free-text description is about the
+# values it was written with, so it is shown only while these are unchanged.
+_AXIS_FIELDS = ("axis", "values", "horizon_factor")
+
+
+def _factor(value: Any) -> str:
+    return f"{value:g}x" if isinstance(value, (int, float)) else str(value)
+
+
+def describe_cells(results: dict) -> str:
+    """One sentence saying what varied across the cells that were evaluated, from the cells themselves."""
+    suite_cfg = results["suite_config"]
+    axis = suite_cfg["axis"]
+    cells = results["cells"]
+    base = results["base_num_steps"]
+    if axis == "task":
+        parts = [f"{c['name']} ({c.get('family')}, {c.get('num_steps')} steps)" for c in cells]
+        return (f"Cells: {len(cells)} tasks: {', '.join(parts)}; each run {suite_cfg['horizon_factor']:g}x "
+                f"the meta-training horizon of {base} steps.")
+    factors = ", ".join(_factor(c.get("value")) for c in cells)
+    xs = ", ".join("-" if c.get("x") is None else f"{c['x']:g}" for c in cells)
+    if axis == "horizon":
+        return (f"Cells: horizons {factors} the meta-training horizon of {base} steps "
+                f"({xs} steps).")
+    steps = sorted({c.get("num_steps") for c in cells})
+    unit = "width" if axis == "width" else "depth"
+    return (f"Cells: {unit} {factors} that of the meta-training task ({unit}s {xs}); each run "
+            f"{suite_cfg['horizon_factor']:g}x the meta-training horizon of {base} steps "
+            f"({', '.join(str(n) for n in steps)} steps).")
+
+
+def _shipped_description(suite_cfg: dict) -> Optional[str]:
+    """The suite's description when it still describes what ran: a shipped suite whose axis, values
+    and horizon factor were not overridden. ``None`` otherwise."""
+    from metaopt.evaluate import suites
+
+    description = (suite_cfg.get("description") or "").strip()
+    if not description or suite_cfg.get("suite") not in suites.list_suites():
+        return None
+    try:
+        shipped = suites.load_suite(suite_cfg["suite"])
+    except ValueError:
+        return None
+    if any(to_jsonable(shipped.get(k)) != to_jsonable(suite_cfg.get(k)) for k in _AXIS_FIELDS):
+        return None
+    return description
+
+
 def markdown(results: dict) -> str:
     """``results.md``: the tables of a suite's results."""
     cells = results["cells"]
@@ -210,8 +258,10 @@ def markdown(results: dict) -> str:
     task = results.get("task") or {}
     conf = int(round(100 * suite_cfg["confidence"]))
     lines = [f"# Evaluation: {results['suite']}", ""]
-    if suite_cfg.get("description"):
-        lines += [suite_cfg["description"].strip(), ""]
+    description = _shipped_description(suite_cfg)
+    if description:
+        lines += [description, ""]
+    lines += [describe_cells(results), ""]
     lines += [
         f"- checkpoint: `{results['checkpoint']}` ({lopt.get('kind', '?')}, outer step "
         f"{results.get('outer_step', '?')})",

@@ -135,11 +135,16 @@ def read_suite(suite: str) -> dict:
     if not isinstance(suite, str) or not suite:
         raise ValueError(f"suite: expected a suite name or a YAML path, got {suite!r}")
     looks_like_path = suite.endswith((".yaml", ".yml")) or os.sep in suite or os.path.isfile(suite)
+    if os.path.isdir(suite):
+        raise ValueError(f"suite: {suite!r} is a folder; expected a suite YAML file or a shipped suite's name")
     if looks_like_path:
         if not os.path.isfile(suite):
             raise ValueError(f"suite: no such file {suite!r}")
-        with open(suite) as f:
-            text = f.read()
+        try:
+            with open(suite, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"suite: {suite!r} is not UTF-8 text (byte {e.start}); expected a YAML file") from None
         where = suite
     else:
         shipped = shipped_suites()
@@ -148,12 +153,34 @@ def read_suite(suite: str) -> dict:
         text = shipped[suite].read_text()
         where = suite
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or ""
+        if "duplicate key" in problem:
+            raise ValueError(f"suite: {where}: {problem}; each key may appear once") from None
         raise ValueError(f"suite: {where} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data.get("suite"):
         raise ValueError(f"suite: {where} is not an evaluation suite (no top-level 'suite:' name)")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping repeating a key (plain loaders keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {seen[key] + 1} and line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _merge(base: dict, update: dict, path: tuple[str, ...]) -> dict:
@@ -400,7 +427,7 @@ def validate_suite(config: dict) -> dict:
         raise ValueError(f"tuning.select_by: expected one of {SELECT_BY}, got {tuning['select_by']!r}")
     if tuning["schedule"] not in SCHEDULES:
         raise ValueError(f"tuning.schedule: expected one of {SCHEDULES}, got {tuning['schedule']!r}")
-    wf = tuning["warmup_fraction"]
+    wf = tuning["warmup_fraction"]  # NaN fails the range test below
     if not isinstance(wf, (int, float)) or isinstance(wf, bool) or not 0 <= wf < 1:
         raise ValueError(f"tuning.warmup_fraction: expected a number in [0, 1), got {wf!r}")
     if not isinstance(tuning["extend"], bool):
@@ -408,8 +435,9 @@ def validate_suite(config: dict) -> dict:
     me = tuning["max_extensions"]
     if not isinstance(me, int) or isinstance(me, bool) or me < 0:
         raise ValueError(f"tuning.max_extensions: expected an integer >= 0, got {me!r}")
-    if not isinstance(tuning["seed"], int) or isinstance(tuning["seed"], bool) or tuning["seed"] < 0:
-        raise ValueError(f"tuning.seed: expected an integer >= 0, got {tuning['seed']!r}")
+    if (not isinstance(tuning["seed"], int) or isinstance(tuning["seed"], bool)
+            or not 0 <= tuning["seed"] <= 2**32 - 1):  # jax.random.key keeps 32 bits of a seed
+        raise ValueError(f"tuning.seed: expected an integer in [0, {2**32 - 1}], got {tuning['seed']!r}")
     if tuning["seed"] < config["seeds"]:
         raise ValueError(f"tuning.seed: must differ from the reported seeds 0..{config['seeds'] - 1}, "
                          f"got {tuning['seed']}")
@@ -429,7 +457,7 @@ def validate_suite(config: dict) -> dict:
     if not isinstance(conf, float) or not 0 < conf < 1:
         raise ValueError(f"confidence: expected a number in (0, 1), got {conf!r}")
     tol = config["divergence_tolerance"]
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol:
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol < math.inf:
         raise ValueError(f"divergence_tolerance: expected a number >= 0, got {tol!r}")
     config["divergence_tolerance"] = float(tol)
     if not isinstance(config["description"], str):

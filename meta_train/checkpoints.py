@@ -7,15 +7,19 @@ derived from the config's seed, so the state and the step are all a resumed run 
 
 Layout: ``RUN_DIR/checkpoints/step_00000050/`` and so on; on resume the newest checkpoint that loads and
 verifies is used, and one that fails verification (a save killed half-way, a corrupted file) is skipped.
+Every checkpoint records the config that made it (the part that decides the computation, seed
+included); one made by another config is never resumed from (``foreign_checkpoints`` lets the
+program refuse such a folder before it writes anything).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sys
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -84,25 +88,67 @@ def place_like(tree: Any, template: Any) -> Any:
     return jax.tree.map(put, tree, template)
 
 
-def save(run_dir: str, step: int, state: Any, metadata: dict, keep: int = 2) -> str:
-    """Writes the checkpoint of outer step ``step`` and deletes all but the newest ``keep``."""
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from a checkpoint's JSON metadata (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _config_difference(metadata: Any, expected: dict) -> Optional[str]:
+    from metaopt.meta_train.config import describe_difference
+
+    recorded = metadata.get("config") if isinstance(metadata, dict) else None
+    if not isinstance(recorded, dict):
+        return "it records no config"
+    return describe_difference(recorded, as_json(expected))
+
+
+def foreign_checkpoints(run_dir: str, expected_config: dict) -> list[tuple[int, str]]:
+    """(step, first difference) of every checkpoint whose manifest verifies and records another config.
+
+    Reads manifests only. A checkpoint whose manifest does not verify is not listed here (resume skips
+    it with a warning).
+    """
+    from metaopt.checkpoint import CheckpointError, load_metadata
+
+    out = []
+    for step, path in list_checkpoints(run_dir):
+        try:
+            metadata = load_metadata(path)
+        except (CheckpointError, ValueError):
+            continue
+        diff = _config_difference(metadata, expected_config)
+        if diff is not None:
+            out.append((step, diff))
+    return out
+
+
+def save(run_dir: str, step: int, state: Any, metadata: dict, keep: int = 2,
+         before_commit: Optional[Callable[[], None]] = None) -> str:
+    """Writes the checkpoint of outer step ``step`` and deletes all but the newest ``keep``.
+
+    ``before_commit`` is passed to ``metaopt.checkpoint.save_tree``.
+    """
     from metaopt.checkpoint import save_tree
 
     path = step_path(run_dir, step)
     os.makedirs(checkpoint_root(run_dir), exist_ok=True)
-    save_tree(path, to_savable(state), dict(metadata, outer_step=int(step)), overwrite=True)
+    save_tree(path, to_savable(state), dict(metadata, outer_step=int(step)), overwrite=True,
+              before_commit=before_commit)
     for _, old in list_checkpoints(run_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return path
 
 
-def restore_latest(run_dir: str, template: Any) -> tuple[int, Any] | None:
+def restore_latest(run_dir: str, template: Any, expected_config: Optional[dict] = None
+                   ) -> tuple[int, Any] | None:
     """The newest checkpoint of ``run_dir`` that verifies, as (step, state), or None.
 
     Args:
       run_dir: the run folder.
       template: a state with the structure, shapes, dtypes and shardings the checkpoint must have
         (a fresh ``trainer.init``); the restored state is placed like it.
+      expected_config: when given, a checkpoint must record this config (``semantic`` of the run's
+        resolved config) to be used.
     """
     from metaopt.checkpoint import load_tree
 
@@ -112,6 +158,10 @@ def restore_latest(run_dir: str, template: Any) -> tuple[int, Any] | None:
             tree, metadata = load_tree(path, savable_template)
             if int(metadata.get("outer_step", -1)) != step:
                 raise ValueError(f"records outer step {metadata.get('outer_step')}")
+            if expected_config is not None:
+                diff = _config_difference(metadata, expected_config)
+                if diff is not None:
+                    raise ValueError(f"made by a different config ({diff})")
             exp_def, got_def = jax.tree.structure(savable_template), jax.tree.structure(tree)
             if exp_def != got_def:
                 raise ValueError("state structure differs from this config's")

@@ -5,10 +5,12 @@ Usage::
     python -m meta_train --config configs/quickstart.yaml [key=value ...] [--resume | --fresh]
                          [--max-outer-steps-this-run N] [--no-progress]
 
-Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``). Running again into an
-existing run folder of the same config continues it from its newest valid checkpoint; a folder made by a
-different config is refused unless ``--fresh`` (alias ``--overwrite``) is given. Any bad input prints one
-line ``error: FIELD: ...`` on stderr and exits with status 2 before anything is created or written.
+Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``); they may come before or
+after the flags. Running again into an existing run folder of the same config continues it from its
+newest valid checkpoint; a folder made by a different config is refused unless ``--fresh`` (alias
+``--overwrite``) is given, and a folder another live process is running in is always refused. Any bad
+input prints one line ``error: FIELD: ...`` on stderr and exits with status 2 before anything is
+created or written.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the program; returns the exit status (0 done, 2 bad input)."""
     from metaopt.meta_train.config import ConfigError, load_config
 
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_intermixed_args(argv)
+    except SystemExit as e:  # the parser's one-line error (or --help): a status, not an exception
+        return e.code if isinstance(e.code, int) else 2
     if args.max_outer_steps_this_run is not None and args.max_outer_steps_this_run < 1:
         print(f"error: --max-outer-steps-this-run: expected a positive int, got "
               f"{args.max_outer_steps_this_run}", file=sys.stderr)
@@ -65,17 +70,47 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    from metaopt.meta_train.lock import RunLock
+
+    lock = None
     if sharding.is_main_process():
+        # The plan above was made without the lock; it is made again under it, since another
+        # process may have changed the folder in between.
+        lock = RunLock(plan.run_dir)
+        try:
+            lock.acquire()
+            plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
+        except ConfigError as e:
+            _undo_lock(lock)
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         verb = {"new": "starting", "resume": "resuming", "overwrite": "starting over"}[plan.action]
         print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s)",
               file=sys.stderr)
-    result = run_mod.run(built, plan, max_outer_steps_this_run=args.max_outer_steps_this_run,
-                         progress=not args.no_progress)
+    try:
+        result = run_mod.run(built, plan, max_outer_steps_this_run=args.max_outer_steps_this_run,
+                             progress=not args.no_progress, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
     if sharding.is_main_process():
         status = "finished" if result.finished else "paused"
         print(f"{status} at outer step {result.outer_step}/{cfg['outer_steps']}; "
               f"theta in {plan.run_dir}/theta", file=sys.stderr)
     return 0
+
+
+def _undo_lock(lock) -> None:
+    """Releases a lock taken for a run that is refused, removing what taking it created."""
+    import os
+
+    from metaopt.meta_train.lock import lock_path
+
+    held = lock.held
+    lock.release()
+    if held and lock.created_dir:
+        os.remove(lock_path(lock.run_dir))
+        os.rmdir(lock.run_dir)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ these sections::
     checkpoint_every: 50        # outer steps between checkpoints (one is always written at the end)
     log_every: 10               # outer steps between metrics records
     devices: null               # number of devices the population axis is sharded over (null: all)
+    stall_steps: 10             # say so when not learning for this many outer steps in a row
     task:
       family: mlp_mnist1d       # a name from metaopt.tasks.list_families()
       family_kwargs: {}         # passed to metaopt.tasks.get_family
@@ -28,12 +29,16 @@ these sections::
       clip_norm: 1.0            # global-norm clipping of the meta-gradient (null: none)
 
 Validation never touches the file system beyond reading the config file, so a bad config is
-rejected before anything is created or written.
+rejected before anything is created or written. Counts are bounded so that they fit the int32 step
+counters and the uint32 seed of ``jax.random.key`` (a larger seed would silently collide with a
+smaller one), floats must be finite, and a mapping that repeats a key is refused rather than
+letting the last one win.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from typing import Any
@@ -45,7 +50,7 @@ LOPT_KINDS = ("mlp_lopt", "learned_schedule")
 OUTER_OPTIMIZERS = ("adamw", "adam")
 
 # Fields that do not change what is computed: a run may be resumed with them changed.
-RESUMABLE_FIELDS = ("run_dir", "log_every", "checkpoint_every", "devices")
+RESUMABLE_FIELDS = ("run_dir", "log_every", "checkpoint_every", "devices", "stall_steps")
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -55,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 50,
     "log_every": 10,
     "devices": None,
+    "stall_steps": 10,
     "task": {
         "family": None,
         "family_kwargs": {},
@@ -77,7 +83,12 @@ DEFAULTS: dict[str, Any] = {
 # by the estimator itself.
 _ESTIMATOR_POSITIVE_INTS = ("num_tasks", "num_perturbations", "population_size", "truncation_length",
                             "min_horizon", "max_horizon", "num_steps", "horizon", "eval_every")
-_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "std", "loss_clip")
+_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "std", "loss_clip", "max_meta_loss")
+
+# Largest count of steps (outer steps, inner steps, horizons): step counters are int32.
+MAX_STEPS = 2**31 - 1
+# Largest seed: ``jax.random.key`` keeps 32 bits of it (2**32 gives the same key as 0).
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -85,7 +96,23 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` (no dot) as a float, as people write it."""
+    """``yaml.SafeLoader`` that also reads ``1e-3`` (no dot) as a float, as people write it, and
+    refuses a mapping that repeats a key (plain YAML loaders silently keep the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {seen[key] + 1} and line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -103,6 +130,9 @@ def parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None)
+        if problem and "duplicate key" in problem:
+            raise ConfigError(f"{where}: {problem}; each key may appear once") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid YAML"
         raise ConfigError(f"{where}: invalid YAML ({first})") from None
 
@@ -127,6 +157,9 @@ def read_config_file(path: str) -> dict:
     A bare name that is not a file (``quickstart``) names a config shipped with metaopt, so an
     installed package needs no checkout.
     """
+    if os.path.isdir(path):
+        raise ConfigError(f"--config: {path!r} is a folder; expected a YAML file or a shipped "
+                          "config's name")
     if not os.path.isfile(path):
         shipped = shipped_config_path(path)
         if shipped is None:
@@ -135,6 +168,9 @@ def read_config_file(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config: {path!r} is not UTF-8 text (byte {e.start}); expected a "
+                          "YAML file") from None
     except OSError as e:
         raise ConfigError(f"--config: cannot read {path!r} ({e.strerror})") from None
     raw = parse_yaml(text, path)
@@ -188,10 +224,12 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _int(value: Any, field: str, *, minimum: int = 1) -> int:
+def _int(value: Any, field: str, *, minimum: int = 1, maximum: int = MAX_STEPS) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ConfigError(f"{field}: expected {what}, got {value!r}")
+    if value > maximum:
+        raise ConfigError(f"{field}: expected an int in [{minimum}, {maximum}], got {value!r}")
     return value
 
 
@@ -237,7 +275,10 @@ def _no_unknown(section: dict, known, field: str) -> None:
 
 
 def _plain(value: Any, field: str) -> Any:
-    """Checks that a value is plain data (what a checkpoint's JSON metadata can hold)."""
+    """Checks that a value is plain data (what a checkpoint's JSON metadata can hold), with every
+    float finite: no field of any section has a use for NaN or an infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{field}: expected a finite number, got {value!r}")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, list):
@@ -268,7 +309,7 @@ def resolve(raw: dict) -> dict:
     cfg["name"] = _str(raw.get("name", DEFAULTS["name"]), "name")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg["name"]):
         raise ConfigError(f"name: expected letters, digits, '_', '-' or '.', got {cfg['name']!r}")
-    cfg["seed"] = _int(raw.get("seed", DEFAULTS["seed"]), "seed", minimum=0)
+    cfg["seed"] = _int(raw.get("seed", DEFAULTS["seed"]), "seed", minimum=0, maximum=MAX_SEED)
     run_dir = raw.get("run_dir", None)
     cfg["run_dir"] = os.path.join("runs", cfg["name"]) if run_dir is None else _str(run_dir, "run_dir")
     cfg["outer_steps"] = _int(raw.get("outer_steps", DEFAULTS["outer_steps"]), "outer_steps")
@@ -277,6 +318,7 @@ def resolve(raw: dict) -> dict:
     cfg["log_every"] = _int(raw.get("log_every", DEFAULTS["log_every"]), "log_every")
     devices = raw.get("devices", None)
     cfg["devices"] = None if devices is None else _int(devices, "devices")
+    cfg["stall_steps"] = _int(raw.get("stall_steps", DEFAULTS["stall_steps"]), "stall_steps")
 
     task = _mapping(raw.get("task"), "task")
     _no_unknown(task, DEFAULTS["task"], "task")

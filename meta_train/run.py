@@ -1,10 +1,15 @@
 """The meta-training outer loop: build everything from a resolved config, then step, log and checkpoint.
 
 ``build`` turns a resolved config into the task groups, the learned optimizer, the outer optimizer,
-the device mesh and the meta-trainer, raising ``ValueError`` naming the field for anything wrong, and
-writes nothing. ``plan_run_dir`` decides (again without writing) whether the run starts fresh or
-resumes. ``run`` executes the plan: every outer step t visits task group ``t % num_groups`` with key
-``fold_in(step_key, t)``, so a resumed run repeats exactly what an uninterrupted one does.
+the device mesh and the meta-trainer, raising ``ValueError`` naming the field for anything wrong
+(including a run whose state cannot fit in memory), and writes nothing. ``plan_run_dir`` decides
+(again without writing) whether the run starts fresh or resumes, and refuses a folder holding
+checkpoints of another config. ``run`` executes the plan while holding the folder's lock
+(``metaopt.meta_train.lock``): every outer step t visits task group ``t % num_groups`` with key
+``fold_in(step_key, t)``, so a resumed run repeats exactly what an uninterrupted one does. On resume
+it checks ``RUN_DIR/theta`` against the checkpoint it resumed from and rewrites it when it is
+missing, corrupt or stale, and it says so when the meta-training stops learning (``stall_steps``
+outer steps in a row with a meta-gradient of exactly zero, or every inner run at the loss ceiling).
 
 References:
   Therien et al., "µLO: Compute-Efficient Meta-Generalization of Learned Optimizers", ICLR 2026
@@ -17,6 +22,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -25,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metaopt.meta_train import checkpoints, sharding
-from metaopt.meta_train.config import ConfigError, describe_difference, dump, semantic
+from metaopt.meta_train import checkpoints, faults, memory, sharding
+from metaopt.meta_train.config import MAX_STEPS, ConfigError, describe_difference, dump, semantic
+from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
 
 CONFIG_FILE = "config.yaml"
@@ -256,8 +263,52 @@ def build(cfg: dict) -> Built:
             what = {"num_pairs": "number of perturbation pairs"}.get(what, what.replace("_", " "))
             raise ConfigError(f"estimator: the {what} {size} must be a multiple of the "
                               f"number of devices {n} (change the population or set devices=)")
+    _check_step_counts(trainer)
+    _check_memory(lopt, trainer, mesh)
     cfg = _with_full_settings(cfg, lopt, trainer)
     return Built(cfg, family, task_configs, tasks, lopt, mesh, outer_optimizer, trainer)
+
+
+def _check_step_counts(trainer: Any) -> None:
+    """Refuses populations whose inner steps per outer step overflow the int32 step counters."""
+    estimator = getattr(trainer, "estimator", None)
+    config = getattr(estimator, "config", None)
+    per_step = getattr(estimator, "inner_steps_per_estimate", None)
+    length_field = "truncation_length"
+    if per_step is None and config is not None:  # whole-run ES: members x tasks x horizon
+        horizon = getattr(config, "max_horizon", None) or getattr(config, "num_steps", None)
+        members = getattr(config, "population_size", None)
+        if isinstance(horizon, int) and isinstance(members, int):
+            per_step = members * getattr(config, "num_tasks_per_member", 1) * horizon
+            length_field = "max_horizon" if getattr(config, "max_horizon", None) else "num_steps"
+    if isinstance(per_step, int) and per_step > MAX_STEPS:
+        raise ConfigError(f"estimator.{length_field}: the population takes {per_step} inner steps per "
+                          f"outer step, more than the {MAX_STEPS} a step counter holds; shorten it or "
+                          "shrink the population")
+
+
+def _check_memory(lopt: Any, trainer: Any, mesh: Any) -> None:
+    """Refuses a run whose meta-training state alone cannot fit in the devices' memory."""
+    available = memory.available_bytes(mesh)
+    if available is None:
+        return
+    try:
+        theta_bytes, state_bytes = memory.estimate(lopt, trainer)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ConfigError(f"lopt: cannot size the meta-training state ({_first_line(e)})") from None
+    need = memory.STEP_FACTOR * state_bytes
+    if need <= available:
+        return
+    sizes = ", ".join(f"{name}={getattr(lopt, name)}" for name in ("hidden_size", "num_hidden_layers")
+                      if hasattr(lopt, name))
+    if memory.STEP_FACTOR * theta_bytes > available:
+        raise ConfigError(f"lopt: theta alone is {memory.human(theta_bytes)} ({sizes}); a run needs at "
+                          f"least {memory.human(need)} and {memory.human(available)} is available; "
+                          "make the learned optimizer smaller")
+    raise ConfigError(f"estimator: the meta-training state is {memory.human(state_bytes)} (theta "
+                      f"{memory.human(theta_bytes)}, the rest the population's inner runs); a run needs "
+                      f"at least {memory.human(need)} and {memory.human(available)} is available; "
+                      "shrink the population (num_tasks, num_perturbations, population_size) or the task")
 
 
 def _plain(value: Any) -> Any:
@@ -321,7 +372,8 @@ def plan_run_dir(cfg: dict, *, resume: bool = False, fresh: bool = False) -> Pla
         raise ConfigError("--resume: cannot be combined with --fresh/--overwrite")
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ConfigError(f"run_dir: {run_dir!r} exists and is not a folder")
-    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+    # A folder holding only the lock file is one whose first run died before writing its config.
+    if not os.path.isdir(run_dir) or not set(os.listdir(run_dir)) - {LOCK_FILE}:
         if resume:
             raise ConfigError(f"--resume: no run folder at {run_dir!r}")
         return Plan("new", run_dir)
@@ -335,6 +387,9 @@ def plan_run_dir(cfg: dict, *, resume: bool = False, fresh: bool = False) -> Pla
     if diff is not None:
         raise ConfigError(f"run_dir: {run_dir!r} was made by a different config ({diff}); "
                           "use --fresh to start over or choose another run_dir")
+    for step, diff in checkpoints.foreign_checkpoints(run_dir, semantic(cfg)):
+        raise ConfigError(f"run_dir: {run_dir!r} holds the checkpoint of outer step {step} made by a "
+                          f"different config ({diff}); use --fresh to start over or choose another run_dir")
     return Plan("resume", run_dir)
 
 
@@ -364,16 +419,47 @@ def _to_host(tree: Any) -> Any:
 
 def save_checkpoint(built: Built, state: Any, outer_step: int) -> None:
     """Writes the training checkpoint and refreshes ``RUN_DIR/theta`` (process 0 only)."""
-    import metaopt
-
     state = _to_host(checkpoints.to_savable(state))
     if not sharding.is_main_process():
         return
     run_dir = built.cfg["run_dir"]
-    checkpoints.save(run_dir, outer_step, state, {"config": semantic(built.cfg)})
-    theta = jax.device_get(built.trainer.theta(state))
-    metaopt.save(os.path.join(run_dir, THETA_DIR), built.lopt, theta,
-                 metadata=theta_metadata(built, outer_step), overwrite=True)
+    checkpoints.save(run_dir, outer_step, state, {"config": semantic(built.cfg)},
+                     before_commit=lambda: faults.point("checkpoint", outer_step))
+    _save_theta(built, jax.device_get(built.trainer.theta(state)), outer_step)
+
+
+def _save_theta(built: Built, theta: Any, outer_step: int) -> None:
+    import metaopt
+
+    metaopt.save(os.path.join(built.cfg["run_dir"], THETA_DIR), built.lopt, theta,
+                 metadata=theta_metadata(built, outer_step), overwrite=True,
+                 before_commit=lambda: faults.point("theta", outer_step))
+
+
+def _theta_problem(built: Built, theta: Any, outer_step: int) -> str | None:
+    """Why ``RUN_DIR/theta`` is not the theta of ``outer_step`` (None when it is)."""
+    import numpy as np
+
+    import metaopt
+    from metaopt.checkpoint import CheckpointError, load_metadata
+
+    path = os.path.join(built.cfg["run_dir"], THETA_DIR)
+    if not os.path.exists(path):
+        return "it was missing"
+    try:
+        lopt, saved = metaopt.load(path)
+        meta = load_metadata(path)
+    except (CheckpointError, ValueError) as e:
+        return f"it did not verify: {_first_line(e)}"
+    if meta.get("outer_step") != outer_step:
+        return f"it held outer step {meta.get('outer_step')}"
+    if lopt != built.lopt or describe_difference(semantic(meta.get("run_config") or {}),
+                                                 checkpoints.as_json(semantic(built.cfg))):
+        return "it was made by a different config"
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(theta)):
+        if np.asarray(a).tobytes() != np.asarray(b).tobytes():
+            return "its arrays differ from the checkpoint's"
+    return None
 
 
 class RunResult(NamedTuple):
@@ -404,7 +490,7 @@ def _initial_state(built: Built):
 
 
 def run(built: Built, plan: Plan, *, max_outer_steps_this_run: int | None = None,
-        progress: bool = True) -> RunResult:
+        progress: bool = True, lock: RunLock | None = None) -> RunResult:
     """Executes a plan: creates or resumes the run folder, then runs the outer loop.
 
     Args:
@@ -413,22 +499,101 @@ def run(built: Built, plan: Plan, *, max_outer_steps_this_run: int | None = None
       max_outer_steps_this_run: stop (with a checkpoint) after this many outer steps of this call;
         the run can be continued later by running the same command again.
       progress: show the progress bar on stderr.
+      lock: the run folder's lock, already held by the caller; ``None`` takes it here (process 0)
+        and releases it at the end.
 
     Returns:
       The final state, the outer step reached, whether the run is complete, compile times per group.
+
+    Raises:
+      RunDirLocked: another live process owns the run folder (nothing is written).
     """
+    main = sharding.is_main_process()
+    own_lock = None
+    if main and (lock is None or not lock.held):
+        own_lock = RunLock(plan.run_dir).acquire()
+    try:
+        result = _run_locked(built, plan, max_outer_steps_this_run, progress)
+        faults.point("end", result.outer_step)
+        return result
+    finally:
+        if own_lock is not None:
+            own_lock.release()
+
+
+class _StallWatch:
+    """Counts outer steps in a row that cannot move theta, and says so once when there are enough.
+
+    A step is stalled when its meta-gradient is exactly zero (every member dropped, or a learned
+    optimizer whose output no longer depends on theta) or when every inner run is at the loss
+    ceiling (``diverged == 1``: each member gets the same worst value, so nothing tells them apart).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self.since = None
+        self.reason = None
+        self.announced = False
+
+    def update(self, step: int, metrics: dict) -> str | None:
+        """Feeds one finished outer step; returns the message the first time the limit is reached."""
+        reason = None
+        if "grad_norm" in metrics and float(metrics["grad_norm"]) == 0.0:
+            reason = "the meta-gradient is exactly zero"
+        elif float(metrics.get("diverged", 0.0)) >= 1.0:
+            reason = "every inner run is at the loss ceiling"
+        if reason is None:
+            self.count, self.since = 0, None
+            return None
+        if self.count == 0:
+            self.since = step
+        self.count += 1
+        self.reason = reason
+        if self.count >= self.limit and not self.announced:
+            self.announced = True
+            return (f"not learning: {reason} at every outer step since step {self.since} "
+                    f"({self.count} in a row); theta is not improving")
+        return None
+
+
+def _clear_run_dir(run_dir: str) -> None:
+    """Deletes everything of a run folder but its lock file (``--fresh``)."""
+    for name in os.listdir(run_dir):
+        if name == LOCK_FILE:
+            continue
+        full = os.path.join(run_dir, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.remove(full)
+
+
+def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
+                progress: bool) -> RunResult:
     cfg = built.cfg
     run_dir = plan.run_dir
     main = sharding.is_main_process()
     state, step_key = _initial_state(built)
     start = 0
     if plan.action == "resume":
-        restored = checkpoints.restore_latest(run_dir, state)
+        restored = checkpoints.restore_latest(run_dir, state, expected_config=semantic(cfg))
         if restored is not None:
             start, state = restored
+        elif main and checkpoints.list_checkpoints(run_dir):
+            print(f"warning: no checkpoint in {checkpoints.checkpoint_root(run_dir)} verified; "
+                  "starting again from outer step 0", file=sys.stderr)
+    if start > 0:
+        theta = jax.device_get(_to_host(built.trainer.theta(state)))
+        if main:
+            problem = _theta_problem(built, theta, start)
+            if problem is not None:
+                _save_theta(built, theta, start)
+                print(f"{run_dir}/{THETA_DIR}: rewritten from the checkpoint of outer step {start} "
+                      f"({problem})", file=sys.stderr)
     if main:
         if plan.action == "overwrite":
-            shutil.rmtree(run_dir)
+            _clear_run_dir(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         checkpoints.remove_partial_saves(run_dir)
         tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
@@ -444,6 +609,7 @@ def run(built: Built, plan: Plan, *, max_outer_steps_this_run: int | None = None
     schedule = make_outer_schedule(cfg["outer"], total)
     step_fn = make_step_fn(built, state)
     compiled: dict[int, float] = {}
+    stall = _StallWatch(cfg.get("stall_steps", 10))
     pending: list[dict] = []
     interval_start = time.perf_counter()
     run_start = interval_start
@@ -462,14 +628,19 @@ def run(built: Built, plan: Plan, *, max_outer_steps_this_run: int | None = None
                 logger.log(t, {"compile_s": compiled[group], "group": group})
                 interval_start += compiled[group]  # compile time is not step time
                 bar.unpause()  # nor does it count in the progress bar's rate and time left
+                faults.point("compile", t)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*donated.*")
                 state, metrics = step_fn(state, key, group)
             pending.append(metrics)
             done = t + 1
+            faults.point("step", done)
             bar.update(1)
             if done % cfg["log_every"] == 0 or done == end:
                 host = jax.device_get(pending)
+                stalled = None
+                for i, m in enumerate(host):
+                    stalled = stall.update(done - len(host) + i + 1, m) or stalled
                 elapsed = max(time.perf_counter() - interval_start, 1e-9)
                 record = {k: float(v) for k, v in host[-1].items() if jnp.ndim(v) == 0}
                 losses = [float(m["meta_loss"]) for m in host if "meta_loss" in m]
@@ -482,7 +653,13 @@ def run(built: Built, plan: Plan, *, max_outer_steps_this_run: int | None = None
                 record["step_s"] = elapsed / len(host)
                 record["inner_steps_per_s"] = inner / elapsed
                 record["wall_s"] = time.perf_counter() - run_start
+                if stalled is not None:
+                    record["stalled"] = 1.0
+                    record["stalled_since"] = stall.since
+                    record["stall_reason"] = stall.reason
                 logger.log(done, record)
+                if stalled is not None and main:
+                    bar.write(f"warning: {stalled}", file=sys.stderr)
                 bar.set_postfix(meta_loss=f"{record.get('meta_loss_avg', math.nan):.4g}",
                                 inner_sps=f"{record['inner_steps_per_s']:.0f}", refresh=False)
                 pending = []

@@ -5,11 +5,14 @@ A checkpoint is a directory::
     PATH/
       arrays/          the array leaves, a flat dict written by orbax (tensorstore, no pickle)
       manifest.json    format version, metadata, the tree's structure (key paths, shapes, dtypes),
-                       and the sha256 of every file under PATH; written last
+                       the sha256 of every file under PATH, and the sha256 of the manifest's own
+                       content (``manifest_sha256``); written last
 
 Everything is first written into a hidden temporary sibling directory and renamed into place only
 when complete, so a crash mid-save leaves either the previous checkpoint or none, and a directory
-without a valid manifest never loads. Python structure (dicts, lists, tuples, named tuples, ``None``,
+without a valid manifest never loads. Loading checks the manifest's own digest before trusting any
+of it, then every file's digest, so a changed bit anywhere in a checkpoint is refused (format 1,
+written before the manifest carried its digest, is still read, with file checksums only). Python structure (dicts, lists, tuples, named tuples, ``None``,
 custom pytree nodes) is recorded as JSON; loading without a template rebuilds it from plain
 containers (named tuples as ``collections.namedtuple`` of the same name and fields, other custom
 nodes as dicts), loading with a template restores the template's exact pytree types.
@@ -29,7 +32,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +43,10 @@ from metaopt import learned_optimizer as _lo
 PyTree = Any
 
 FORMAT = "metaopt-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format versions this code reads: 1 lacks the manifest's own digest.
+READABLE_VERSIONS = (1, 2)
+MANIFEST_DIGEST = "manifest_sha256"
 MANIFEST = "manifest.json"
 ARRAYS = "arrays"
 LEARNED_OPTIMIZER = "learned_optimizer"
@@ -177,6 +183,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of a manifest's content without its own digest field (canonical JSON: sorted keys,
+    no spaces), so the digest does not depend on how the file happens to be laid out."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _checksums(root: Path) -> dict[str, str]:
     out = {}
     for dirpath, _, filenames in os.walk(root):
@@ -201,7 +215,8 @@ def _leaf_name(i: int) -> str:
     return f"leaf_{i:06d}"
 
 
-def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overwrite: bool = False) -> Path:
+def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overwrite: bool = False,
+              before_commit: Optional[Callable[[], None]] = None) -> Path:
     """Saves a pytree and a JSON metadata dict as a checkpoint directory, atomically.
 
     Args:
@@ -211,6 +226,8 @@ def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overw
         ``load_tree``.
       overwrite: replace an existing checkpoint at ``path``; the old one stays intact until the new
         one is complete.
+      before_commit: called once everything is written to the temporary folder, just before it is
+        renamed into place (the moment a crash tests of atomicity aim at).
 
     Returns:
       ``path`` as a ``pathlib.Path``.
@@ -249,12 +266,15 @@ def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overw
             "leaves": records,
             "files": _checksums(tmp),
         }
+        manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
         partial = tmp / (MANIFEST + ".partial")
         with open(partial, "w") as f:
             json.dump(manifest, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, tmp / MANIFEST)
+        if before_commit is not None:
+            before_commit()
         if path.exists() or path.is_symlink():
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
             os.replace(path, old)
@@ -282,17 +302,39 @@ def _read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise CheckpointError(f"path: {path} has no {MANIFEST} (not a checkpoint, or an incomplete save)")
     try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = manifest_path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{manifest_path}: cannot read the manifest ({err})") from None
+    return parse_manifest(data, manifest_path)
+
+
+def parse_manifest(data: bytes, where: Any = MANIFEST) -> dict:
+    """The manifest in ``data`` (a ``manifest.json``'s bytes), checked before anything in it is used.
+
+    Raises:
+      CheckpointError: not JSON, not a manifest, an unknown format, or (format 2) content that does
+        not match its ``manifest_sha256``.
+    """
+    manifest_path = where
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{manifest_path}: corrupt or truncated manifest ({err})") from None
     required = ("format", "format_version", "metadata", "structure", "leaves", "files")
     if not isinstance(manifest, dict) or any(k not in manifest for k in required):
-        raise CheckpointError(f"{manifest_path}: not a metaopt checkpoint manifest")
-    if manifest["format"] != FORMAT or manifest["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{manifest_path}: format {manifest['format']!r} version "
-                              f"{manifest['format_version']!r}; this metaopt reads {FORMAT!r} "
-                              f"version {FORMAT_VERSION}")
+        raise CheckpointError(f"{manifest_path}: not a metaopt checkpoint manifest (or a corrupt one)")
+    version = manifest["format_version"]
+    if (manifest["format"] != FORMAT or isinstance(version, bool)
+            or version not in READABLE_VERSIONS):
+        raise CheckpointError(f"{manifest_path}: format {manifest['format']!r} version {version!r}; "
+                              f"this metaopt reads {FORMAT!r} versions {list(READABLE_VERSIONS)}")
+    if version >= 2:
+        stored = manifest.get(MANIFEST_DIGEST)
+        if not isinstance(stored, str) or stored != manifest_digest(manifest):
+            raise CheckpointError(f"{manifest_path}: corrupt manifest (its {MANIFEST_DIGEST} does not "
+                                  "match its content)")
+    if not isinstance(manifest["files"], dict) or not isinstance(manifest["leaves"], list):
+        raise CheckpointError(f"{manifest_path}: not a metaopt checkpoint manifest (or a corrupt one)")
     return manifest
 
 
@@ -422,7 +464,7 @@ def resolve_path(path: Any) -> Path:
 
 
 def save(path: Any, lopt: _lo.LearnedOptimizer, theta: PyTree, *, metadata: Optional[dict] = None,
-         overwrite: bool = False) -> Path:
+         overwrite: bool = False, before_commit: Optional[Callable[[], None]] = None) -> Path:
     """Saves a learned optimizer's meta-parameters with what is needed to rebuild it.
 
     Args:
@@ -431,6 +473,7 @@ def save(path: Any, lopt: _lo.LearnedOptimizer, theta: PyTree, *, metadata: Opti
       theta: its meta-parameters; checked with ``lopt.check_theta``.
       metadata: a JSON-serialisable dict of the caller's own (returned by ``load_metadata``).
       overwrite: replace an existing checkpoint.
+      before_commit: see ``save_tree``.
 
     Returns:
       ``path`` as a ``pathlib.Path``.
@@ -449,7 +492,7 @@ def save(path: Any, lopt: _lo.LearnedOptimizer, theta: PyTree, *, metadata: Opti
         "metaopt_version": __version__,
         "metadata": _to_json({} if metadata is None else metadata, "metadata"),
     }
-    return save_tree(path, theta, content, overwrite=overwrite)
+    return save_tree(path, theta, content, overwrite=overwrite, before_commit=before_commit)
 
 
 def _config_differences(stored: dict, given: dict) -> list[str]:

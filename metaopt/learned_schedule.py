@@ -90,19 +90,21 @@ class LearnedSchedule(LearnedOptimizer):
     max_multiplier: float = 100.0
 
     def __post_init__(self):
-        if int(self.hidden_size) < 1:
-            raise ValueError(f"hidden_size: must be >= 1, got {self.hidden_size}")
-        if int(self.num_hidden_layers) < 0:
-            raise ValueError(f"num_hidden_layers: must be >= 0, got {self.num_hidden_layers}")
-        if self.base not in BASES:
-            raise ValueError(f"base: got {self.base!r}, expected one of {BASES}")
-        if not self.base_learning_rate > 0:
-            raise ValueError(f"base_learning_rate: must be > 0, got {self.base_learning_rate}")
-        if not 0.0 <= self.loss_ema_decay < 1.0:
-            raise ValueError(f"loss_ema_decay: must be in [0, 1), got {self.loss_ema_decay}")
-        if not 0.0 < self.min_multiplier <= 1.0 <= self.max_multiplier:
-            raise ValueError("min_multiplier, max_multiplier: need 0 < min_multiplier <= 1 <= max_multiplier, "
-                             f"got {self.min_multiplier}, {self.max_multiplier}")
+        from metaopt import validation as v
+
+        v.check_int(self.hidden_size, "hidden_size", 1)
+        v.check_int(self.num_hidden_layers, "num_hidden_layers", 0)
+        v.check_bool(self.loss_features, "loss_features")
+        v.check_bool(self.mup, "mup")
+        v.check_choice(self.base, "base", BASES)
+        v.check_number(self.base_learning_rate, "base_learning_rate", low=0.0, low_open=True)
+        v.check_number(self.loss_ema_decay, "loss_ema_decay", low=0.0, high=1.0, high_open=True)
+        v.check_number(self.weight_decay, "weight_decay", low=0.0)
+        v.check_number(self.b1, "b1", low=0.0, high=1.0, high_open=True)
+        v.check_number(self.b2, "b2", low=0.0, high=1.0, high_open=True)
+        v.check_number(self.eps, "eps", low=0.0, low_open=True)
+        v.check_number(self.min_multiplier, "min_multiplier", low=0.0, high=1.0, low_open=True)
+        v.check_number(self.max_multiplier, "max_multiplier", low=1.0)
 
     @property
     def num_inputs(self) -> int:

@@ -139,23 +139,26 @@ class MLPLOpt(LearnedOptimizer):
     init_decay: Optional[float] = None
 
     def __post_init__(self):
+        from metaopt import validation as v
+
         for name in ("momentum_decays", "factored_decays", "features"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        if int(self.hidden_size) < 1:
-            raise ValueError(f"hidden_size: must be >= 1, got {self.hidden_size}")
-        if int(self.num_hidden_layers) < 0:
-            raise ValueError(f"num_hidden_layers: must be >= 0, got {self.num_hidden_layers}")
-        if self.lambda1 is not None and not self.lambda1 > 0:
-            raise ValueError(f"lambda1: must be > 0 or None, got {self.lambda1}")
-        for name in ("momentum_decays", "factored_decays"):
-            decays = getattr(self, name)
-            if not decays or any(not 0.0 <= d < 1.0 for d in decays):
-                raise ValueError(f"{name}: must be a non-empty sequence of decays in [0, 1), got {decays}")
-        if not 0.0 <= self.second_moment_decay < 1.0:
-            raise ValueError(f"second_moment_decay: must be in [0, 1), got {self.second_moment_decay}")
+        v.check_int(self.hidden_size, "hidden_size", 1)
+        v.check_int(self.num_hidden_layers, "num_hidden_layers", 0)
+        for name in ("mup", "time_features", "step_features", "normalize_inputs"):
+            v.check_bool(getattr(self, name), name)
+        v.check_number(self.lambda1, "lambda1", low=0.0, low_open=True, allow_none=True)
+        v.check_number(self.lambda2, "lambda2", low=0.0)
+        v.check_decays(self.momentum_decays, "momentum_decays")
+        v.check_decays(self.factored_decays, "factored_decays")
+        v.check_number(self.second_moment_decay, "second_moment_decay", low=0.0, high=1.0, high_open=True)
+        v.check_number(self.eps, "eps", low=0.0, low_open=True)
+        v.check_number(self.output_init_scale, "output_init_scale", low=0.0)
         if self.features is not None:
+            if isinstance(self.features, str) or not isinstance(self.features, tuple):
+                raise TypeError(f"features: expected None or a list of feature names, got {self.features!r}")
             known = feat.feature_names(self.momentum_decays, self.factored_decays)
             unknown = [n for n in self.features if n not in known]
             if unknown or not self.features:

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import jax
@@ -37,12 +38,24 @@ NUM_STEP_FEATURES = len(STEP_TIMESCALES)
 
 
 def check_num_steps(num_steps: Any, name: str = "num_steps") -> None:
-    """Raises ``ValueError`` when a concrete ``num_steps`` is not positive (traced values pass)."""
+    """Checks a concrete ``num_steps``: a positive whole number, or an array of them (traced values pass).
+
+    Raises:
+      TypeError: not a number or a numeric array (a string, None, a bool).
+      ValueError: not positive, or not a whole number (2.5 steps).
+    """
     if isinstance(num_steps, jax.core.Tracer):
         return
+    what = "a positive whole number of steps"
+    if isinstance(num_steps, (bool, np.bool_)) or not (
+            isinstance(num_steps, (numbers.Real, np.ndarray, jax.Array))):
+        raise TypeError(f"{name}: expected {what}, got {num_steps!r}")
     value = np.asarray(num_steps)
-    if value.size == 0 or np.any(value <= 0):
-        raise ValueError(f"{name}: must be > 0, got {num_steps!r}")
+    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+        raise TypeError(f"{name}: expected {what}, got {num_steps!r}")
+    if (value.size == 0 or not np.all(np.isfinite(value)) or np.any(value <= 0)
+            or np.any(value != np.round(value))):
+        raise ValueError(f"{name}: expected {what}, got {num_steps!r}")
 
 
 def fraction_trained(step: jax.Array, num_steps: jax.Array) -> jax.Array:

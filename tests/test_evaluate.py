@@ -8,6 +8,7 @@ cell is the same program, reused from the jit cache across tests.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -224,6 +225,43 @@ def test_resume_skips_finished_cells(width_run, checkpoint, monkeypatch):
     assert ran == ["width_x2"]
     assert os.stat(cell_files["width_x1"]).st_mtime_ns == stamps["width_x1"]
     assert [c["status"] for c in again["cells"]] == ["done", "done"]
+
+
+def test_resume_removes_partial_writes_and_reruns_a_changed_cell(width_run, checkpoint, capsys):
+    out, overrides, results = width_run
+    # What a kill during atomic writes leaves behind.
+    leftovers = [os.path.join(out, "cells", ".tmp-a1b2c3"), os.path.join(out, ".tmp-d4e5f6"),
+                 os.path.join(out, "plots", ".tmp-final_vs_width.png")]
+    for path in leftovers:
+        with open(path, "w") as f:
+            f.write("{")
+    # One changed byte in a finished cell: a digit of a loss.
+    path = os.path.join(out, "cells", "width_x1.json")
+    text = open(path).read()
+    at = re.compile(r"\d\.(\d)").search(text, text.index('"per_seed"')).start(1)
+    digit = text[at]
+    with open(path, "w") as f:
+        f.write(text[:at] + str((int(digit) + 1) % 10) + text[at + 1:])
+    again = evaluate_suite(checkpoint, "width_transfer", out=out, overrides=overrides, progress=False)
+    assert not any(os.path.exists(p) for p in leftovers)
+    assert "width_x1.json is unreadable or does not match its record_sha256; running the cell again" in \
+        capsys.readouterr().err
+    for old, new in zip(results["cells"], again["cells"]):
+        for name in old["optimizers"]:
+            assert new["optimizers"][name]["final_train_loss"] == old["optimizers"][name]["final_train_loss"]
+    assert store.verified(json.load(open(path)))
+
+
+def test_report_describes_the_cells_that_ran(width_run):
+    out, _, results = width_run
+    md = open(os.path.join(out, "results.md")).read()
+    # The suite's own description is about 1x to 32x at 5x the horizon; values and horizon_factor
+    # were overridden, so it is left out and the cells that ran are described instead.
+    assert "32x" not in md and "5x the meta-training horizon" not in md
+    assert ("Cells: width 1x, 2x that of the meta-training task (widths 8, 16); each run 1x the "
+            "meta-training horizon of 20 steps (20 steps).") in md
+    shipped = evaluate_suite.__globals__["suites"].load_suite("width_transfer")
+    assert shipped["description"].strip() not in md
 
 
 def test_mismatched_output_folder_is_refused(width_run, checkpoint, capsys):

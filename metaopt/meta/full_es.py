@@ -207,7 +207,8 @@ class EvolutionStrategy:
           task: the inner task.
 
         Returns:
-          (fitness, diverged): per member, the finite fitness and whether any of its runs diverged.
+          (fitness, diverged): per member, the finite fitness and whether any of its runs diverged
+          (a non-finite loss, or a meta-loss at the ceiling ``worst_meta_loss``).
         """
         config = self.config
         worst = meta_loss_lib.worst_meta_loss(task, config.max_meta_loss)
@@ -219,7 +220,7 @@ class EvolutionStrategy:
             _, value, diverged = truncation.run_segment(
                 task, tx, inner, config.run_length, meta_loss=config.meta_loss, reduction=config.fitness,
                 worst=worst, horizon=mask_horizon)
-            return value, diverged
+            return value, diverged | (value >= worst)  # a run at the loss ceiling counts as diverged
 
         def member(theta, keys):
             values, diverged = jax.vmap(run, in_axes=(None, 0))(theta, keys)

@@ -100,4 +100,4 @@ class PES(base.GradientEstimator):
                 lambda x: jnp.where(_leading(restarted_pair, x.ndim), jnp.zeros_like(x), x), xi)
             accumulator = truncation.shard_population(accumulator, mesh)
         return base.zero_nonfinite(grad), base.EstimatorState(runs, accumulator), self._metrics(
-            meta_losses, diverged, restarted)
+            meta_losses, diverged | (meta_losses >= worst), restarted)  # at the ceiling counts as diverged

@@ -61,4 +61,4 @@ class TBPTT(base.GradientEstimator):
                                                   self.config, 1, theta_axis=None)
         runs = truncation.shard_population(runs, self.mesh)
         return base.zero_nonfinite(grad), base.EstimatorState(runs, None), self._metrics(
-            meta_losses, diverged, restarted)
+            meta_losses, diverged | (meta_losses >= worst), restarted)  # at the ceiling counts as diverged
