@@ -29,7 +29,12 @@ def _checkpoint_root(checkpoint: str) -> tuple[str, bool]:
 
 
 def default_out(checkpoint: str, suite_name: str) -> str:
-    """RUN_DIR/eval/SUITE for a run folder; CHECKPOINT-eval/SUITE beside a plain saved optimizer."""
+    """RUN_DIR/eval/SUITE for a run folder; CHECKPOINT-eval/SUITE beside a plain saved optimizer;
+    runs/NAME-eval/SUITE for a shipped name (never inside the installed package)."""
+    from metaopt import checkpoint as ckpt
+
+    if ckpt.shipped_path(checkpoint) is not None:
+        return os.path.join("runs", f"{checkpoint}-eval", suite_name)
     root, is_run = _checkpoint_root(checkpoint)
     if is_run:
         return os.path.join(root, "eval", suite_name)

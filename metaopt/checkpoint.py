@@ -445,12 +445,27 @@ def load_tree(path: Any, template: PyTree = None) -> tuple[PyTree, dict]:
 # Learned optimizers
 
 
+def shipped_path(name: Any) -> Optional[Path]:
+    """The folder of the shipped learned optimizer ``name`` (``metaopt.pretrained``), or ``None``
+    when ``name`` is an existing path or not a shipped name."""
+    import importlib.resources
+
+    if not isinstance(name, str) or os.sep in name or Path(name).exists():
+        return None
+    folder = Path(str(importlib.resources.files("metaopt.pretrained_weights"))) / name
+    return folder if (folder / MANIFEST).is_file() else None
+
+
 def resolve_path(path: Any) -> Path:
-    """The checkpoint directory for ``path``: itself, or a run folder's ``theta/`` or ``latest/``.
+    """The checkpoint directory for ``path``: itself, a run folder's ``theta/`` or ``latest/``, or
+    the shipped learned optimizer of that name (``"mulo-mlp"``).
 
     Raises:
       CheckpointError: no checkpoint manifest at ``path`` or in those subfolders.
     """
+    shipped = shipped_path(path)
+    if shipped is not None:
+        return shipped
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path

@@ -166,13 +166,11 @@ class MLPLOpt(LearnedOptimizer):
         if self.init_rule is not None and self.init_rule not in self.feature_names:
             raise ValueError(f"init_rule: {self.init_rule!r} is not an input feature; "
                              f"known: {list(self.feature_names)}")
-        if not (isinstance(self.init_learning_rate, (int, float)) and self.init_learning_rate > 0):
-            raise ValueError(f"init_learning_rate: must be a positive float, got {self.init_learning_rate!r}")
-        if self.init_decay is not None:
-            if not 0.0 < self.init_decay < 1.0:
-                raise ValueError(f"init_decay: must be in (0, 1) or None, got {self.init_decay!r}")
-            if not self.time_features:
-                raise ValueError("init_decay: needs time_features=True (the schedule reads t/T)")
+        v.check_number(self.init_learning_rate, "init_learning_rate", low=0.0, low_open=True)
+        v.check_number(self.init_decay, "init_decay", low=0.0, high=1.0, low_open=True, high_open=True,
+                       allow_none=True)
+        if self.init_decay is not None and not self.time_features:
+            raise ValueError("init_decay: needs time_features=True (the schedule reads t/T)")
         if self.init_rule is not None and self.num_hidden_layers > 0 and self.hidden_size < 3:
             raise ValueError(f"hidden_size: init_rule needs hidden_size >= 3, got {self.hidden_size}")
 
@@ -423,6 +421,8 @@ class MLPLOpt(LearnedOptimizer):
         if multipliers is not None:
             return jax.tree.leaves(check_multipliers(params, multipliers))
         if not self.mup:
+            if any(x is not None for x in (param_meta, roles, base_params)):
+                resolve_param_meta(params, param_meta, roles, base_params, parametrization)  # validates
             return [1.0] * len(jax.tree.leaves(unwrap(params)))
         meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
         return jax.tree.leaves(lo_multipliers(meta))

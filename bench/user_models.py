@@ -1,0 +1,121 @@
+"""Shipped learned optimizers on user-style flax models, against Adam tuned over 7 learning rates.
+
+Six models written the way a researcher writes them in flax ``nnx`` (default init, standard
+parametrization; ``metaopt.tasks.flax_models``): MLPs of width 128 and 512 and CNNs of 16 and 64
+channels on digits, byte-level transformers of width 64 and 128 on the Python standard library.
+Every learned optimizer runs untuned (roles inferred from the parameter paths and shapes); Adam's
+constant learning rate is tuned per model over 7 log-spaced values from 1e-4 to 1e-1. The figure is
+the final training loss (mean over the last 10% of steps and over seeds) and its ratio to tuned
+Adam's; below 1 the learned optimizer wins. The geometric mean of the ratios summarises each
+optimizer.
+
+    python bench/user_models.py                       # every shipped learned optimizer, 400 steps
+    python bench/user_models.py --optimizers mulo-v2 --steps 400 --seeds 2 --out docs/results/user_models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import metaopt
+from metaopt import unroll
+from metaopt.tasks.flax_models import user_tasks
+
+ADAM_LEARNING_RATES = tuple(float(x) for x in np.logspace(-4, -1, 7))
+
+
+def final_loss(losses: jax.Array) -> jax.Array:
+    """Mean training loss over the last 10% of steps (the last axis)."""
+    window = max(1, losses.shape[-1] // 10)
+    return jnp.mean(losses[..., -window:], axis=-1)
+
+
+def run_adam(task, num_steps: int, keys: jax.Array) -> np.ndarray:
+    """Final losses of Adam at every learning rate of the grid: shape (num_lrs, num_seeds)."""
+    def one(lr, key):
+        return final_loss(unroll.train(task, optax.adam(lr), key, num_steps)[1])
+
+    grid = jnp.asarray(ADAM_LEARNING_RATES, jnp.float32)
+    fn = jax.jit(jax.vmap(lambda lr: jax.vmap(lambda k: one(lr, k))(keys)))
+    return np.asarray(fn(grid))
+
+
+def run_learned(task, name: str, num_steps: int, keys: jax.Array) -> np.ndarray:
+    """Final losses of the shipped learned optimizer ``name``, untuned: shape (num_seeds,)."""
+    tx = metaopt.pretrained(name, num_steps=num_steps)
+    fn = jax.jit(jax.vmap(lambda k: final_loss(unroll.train(task, tx, k, num_steps)[1])))
+    return np.asarray(fn(keys))
+
+
+def _nan_to_inf(x: float) -> float:
+    return float(x) if math.isfinite(float(x)) else math.inf
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--optimizers", default=None,
+                        help="comma-separated shipped names (default: every shipped mlp_lopt)")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--models", default=None, help="comma-separated model names (default: all six)")
+    parser.add_argument("--out", default=None, help="folder for results.json and results.md")
+    args = parser.parse_args(argv)
+    if args.optimizers:
+        names = [n for n in args.optimizers.split(",") if n]
+    else:
+        names = [i.name for i in metaopt.pretrained.list() if i.kind == "mlp_lopt"]
+    tasks = user_tasks()
+    if args.models:
+        wanted = set(args.models.split(","))
+        tasks = [t for t in tasks if t.name in wanted]
+    keys = jax.random.split(jax.random.key(0), args.seeds)
+    rows = []
+    for task in tasks:
+        tic = time.perf_counter()
+        adam = run_adam(task, args.steps, keys)
+        adam_mean = [_nan_to_inf(np.mean(a)) for a in adam]
+        best = int(np.argmin(adam_mean))
+        row = {"model": task.name, "adam_lr": ADAM_LEARNING_RATES[best], "adam": adam_mean[best],
+               "adam_grid": adam_mean, "learned": {}}
+        if best in (0, len(ADAM_LEARNING_RATES) - 1):
+            print(f"  warning: {task.name}: Adam's best learning rate is at the grid's edge")
+        for name in names:
+            row["learned"][name] = _nan_to_inf(np.mean(run_learned(task, name, args.steps, keys)))
+        rows.append(row)
+        ratios = "  ".join(f"{n} {row['learned'][n]:.4g} ({row['learned'][n] / row['adam']:.2f}x)" for n in names)
+        print(f"{task.name}: Adam {row['adam']:.4g} at lr {row['adam_lr']:.2g}  {ratios}  "
+              f"[{time.perf_counter() - tic:.0f}s]", flush=True)
+    geo = {}
+    for name in names:
+        ratios = [r["learned"][name] / r["adam"] for r in rows]
+        geo[name] = math.exp(np.mean(np.log(ratios))) if all(math.isfinite(x) and x > 0 for x in ratios) else math.inf
+    lines = [f"Final training loss after {args.steps} steps (mean of the last 10% of steps, {args.seeds} seeds); "
+             "ratio to Adam tuned over 7 learning rates in brackets.", "",
+             "| model | tuned Adam (lr) | " + " | ".join(names) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for r in rows:
+        cells = [f"{r['learned'][n]:.4g} ({r['learned'][n] / r['adam']:.2f}x)" for n in names]
+        lines.append(f"| {r['model']} | {r['adam']:.4g} ({r['adam_lr']:.2g}) | " + " | ".join(cells) + " |")
+    lines.append("| geometric mean of ratios | 1 | " + " | ".join(f"{geo[n]:.2f}" for n in names) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "rows": rows,
+                                                       "geometric_mean": geo}, indent=1))
+        (out / "results.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
