@@ -50,8 +50,10 @@ def run_adam(task, num_steps: int, keys: jax.Array) -> np.ndarray:
 
 
 def run_learned(task, name: str, num_steps: int, keys: jax.Array) -> np.ndarray:
-    """Final losses of the shipped learned optimizer ``name``, untuned: shape (num_seeds,)."""
-    tx = metaopt.pretrained(name, num_steps=num_steps)
+    """Final losses of the learned optimizer ``name`` (a shipped name or a checkpoint or run
+    folder), untuned: shape (num_seeds,)."""
+    lopt, theta = metaopt.load(name)
+    tx = lopt.transform(theta, num_steps)
     fn = jax.jit(jax.vmap(lambda k: final_loss(unroll.train(task, tx, k, num_steps)[1])))
     return np.asarray(fn(keys))
 
@@ -63,7 +65,8 @@ def _nan_to_inf(x: float) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--optimizers", default=None,
-                        help="comma-separated shipped names (default: every shipped mlp_lopt)")
+                        help="comma-separated shipped names or checkpoint folders "
+                             "(default: every shipped mlp_lopt)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--models", default=None, help="comma-separated model names (default: all six)")
