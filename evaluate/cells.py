@@ -225,6 +225,7 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
         "timing": {"compile_s": float(sum(cell_runner.compile_seconds.values())),
                    "compile_s_by_optimizer": dict(cell_runner.compile_seconds),
                    "run_s": float(cell_runner.run_seconds),
+                   "run_s_by_optimizer": dict(cell_runner.run_seconds_by_optimizer),
                    "inner_steps": int(cell_runner.inner_steps),
                    "lanes": cell_runner.lanes},
     }

@@ -143,6 +143,7 @@ class CellRunner:
     Attributes:
       compile_seconds: optimizer name -> seconds spent compiling its program for this cell.
       run_seconds: seconds spent running (dispatch to results), compilation excluded.
+      run_seconds_by_optimizer: the same by optimizer name.
       inner_steps: inner steps run (padding lanes excluded).
     """
 
@@ -158,6 +159,7 @@ class CellRunner:
         self._before_compile = before_compile or (lambda name: None)
         self.compile_seconds: dict[str, float] = {}
         self.run_seconds = 0.0
+        self.run_seconds_by_optimizer: dict[str, float] = {}
         self.inner_steps = 0
 
     def _program(self, name: str, spec, theta: PyTree, lrs: jax.Array, keys: jax.Array):
@@ -209,7 +211,9 @@ class CellRunner:
             evals.append(np.asarray(jax.device_get(batch_evals), np.float64)[:real])
             if on_batch is not None:
                 on_batch(real)
-        self.run_seconds += time.perf_counter() - tic
+        elapsed = time.perf_counter() - tic
+        self.run_seconds += elapsed
+        self.run_seconds_by_optimizer[name] = self.run_seconds_by_optimizer.get(name, 0.0) + elapsed
         self.inner_steps += runs * self.num_steps
         return np.concatenate(losses), np.concatenate(evals)
 
