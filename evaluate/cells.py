@@ -83,9 +83,9 @@ def evaluate_cell(cell: suites.Cell, suite: dict, lopt, theta: PyTree, *, get_fa
       transferred: baseline name -> learning rate tuned on the reference cell (tuning mode transfer);
         ``None`` tunes here.
       transferred_from: the reference cell's name (recorded).
-      progress: an object with ``compiling(cell_name, optimizer)`` (a program is being compiled)
-        and ``advance(work, description)`` (runs finished; work = runs x ``run_work(...)``), or
-        ``None``.
+      progress: an object with ``compiling(cell_name, optimizer)`` (a program is being compiled),
+        ``running(description)`` (runs were dispatched) and ``advance(work, description)`` (runs
+        finished; work = runs x ``run_work(...)``), or ``None``.
 
     Returns:
       The cell's JSON-ready record.
@@ -121,6 +121,9 @@ class _NoProgress:
     def advance(self, work: float, description: str) -> None:
         pass
 
+    def running(self, description: str) -> None:
+        pass
+
 
 # The learned optimizer's update costs about this many FLOPs per parameter (small_fc_lopt-sized
 # per-parameter MLP and its features, by XLA's count), used only to weigh its runs in the ETA when
@@ -151,7 +154,8 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
     tolerance = suite["divergence_tolerance"]
     raw_losses: dict[str, np.ndarray] = {}
     cell_runner = runner.CellRunner(task, num_steps, lanes=len(seeds),
-                                    before_compile=lambda name: progress.compiling(cell.name, name))
+                                    before_compile=lambda name: progress.compiling(cell.name, name),
+                                    before_run=lambda label: progress.running(f"{cell.name}: {label}"))
     baseline_work = run_work(task, num_steps, learned=False)
 
     if suite["learned"]:
@@ -180,7 +184,8 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
             def evaluate(lrs, bspec=bspec, name=name):
                 return cell_runner.run(
                     name, bspec, None, lrs, jnp.repeat(tuning_key, len(lrs), axis=0),
-                    on_batch=lambda n: progress.advance(n * baseline_work, f"{cell.name}: tuning {name}"))
+                    on_batch=lambda n: progress.advance(n * baseline_work, f"{cell.name}: tuning {name}"),
+                    label=f"tuning {name}")
 
             lo, hi = spec["grid"]
             tune_record = tuning.tune_learning_rate(

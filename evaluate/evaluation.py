@@ -9,6 +9,7 @@ the output folder does not hold yet (writing each one as soon as it is finished)
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from typing import Any, Optional
@@ -102,11 +103,26 @@ class _Progress:
 
             self.bar = tqdm(total=max(total, 1.0), desc="evaluate", dynamic_ncols=True, mininterval=0.5,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+            # A single call can run for minutes (a wide cell's seeds); keep the clock moving.
+            self._stop = threading.Event()
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            bar = self.bar
+            if bar is not None:
+                bar.refresh()
 
     def compiling(self, cell_name: str, optimizer: str) -> None:
         """A program is about to be compiled (or loaded from the persistent cache)."""
         if self.bar is not None:
             self.bar.set_description(f"{cell_name}: compiling {optimizer}", refresh=True)
+
+    def running(self, description: str) -> None:
+        """Runs were dispatched (their results come later)."""
+        if self.bar is not None:
+            self.bar.set_description(description, refresh=True)
 
     def advance(self, work: float, description: str) -> None:
         """Runs worth ``work`` finished."""
@@ -128,6 +144,8 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._stop.set()
+            self._ticker.join()
             if self.bar.n < self.bar.total:  # less work than estimated (fixed or transferred rates)
                 self.bar.total = self.bar.n
                 self.bar.refresh()

@@ -139,6 +139,8 @@ class CellRunner:
       on_compile: called with (optimizer name, seconds) after each program is compiled (or loaded
         from the persistent cache), before it runs.
       before_compile: called with the optimizer name just before a program is compiled.
+      before_run: called with a description of the runs (``label`` or the optimizer name) just
+        before they are dispatched.
 
     Attributes:
       compile_seconds: optimizer name -> seconds spent compiling its program for this cell.
@@ -149,7 +151,8 @@ class CellRunner:
 
     def __init__(self, task, num_steps: int, lanes: int, *,
                  on_compile: Optional[Callable[[str, float], None]] = None,
-                 before_compile: Optional[Callable[[str], None]] = None):
+                 before_compile: Optional[Callable[[str], None]] = None,
+                 before_run: Optional[Callable[[str], None]] = None):
         if lanes < 1:
             raise ValueError(f"lanes: expected a positive integer, got {lanes}")
         self.task = task
@@ -157,6 +160,7 @@ class CellRunner:
         self.lanes = int(lanes)
         self._on_compile = on_compile or (lambda name, seconds: None)
         self._before_compile = before_compile or (lambda name: None)
+        self._before_run = before_run or (lambda label: None)
         self.compile_seconds: dict[str, float] = {}
         self.run_seconds = 0.0
         self.run_seconds_by_optimizer: dict[str, float] = {}
@@ -176,7 +180,8 @@ class CellRunner:
         return _PROGRAMS[key]
 
     def run(self, name: str, spec, theta: PyTree, learning_rates, keys: jax.Array,
-            on_batch: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, np.ndarray]:
+            on_batch: Optional[Callable[[int], None]] = None, label: Optional[str] = None
+            ) -> tuple[np.ndarray, np.ndarray]:
         """Every run of ``learning_rates`` x ``keys`` (same length), in calls of ``lanes`` runs.
 
         Args:
@@ -186,6 +191,7 @@ class CellRunner:
           learning_rates: (runs,) peak learning rates.
           keys: (runs,) PRNG keys.
           on_batch: called with the number of real runs as each call's results arrive.
+          label: what the runs are, for ``before_run`` (default: ``name``).
 
         Returns:
           Host float64 training losses (runs, num_steps) and held-out losses (runs,).
@@ -202,6 +208,7 @@ class CellRunner:
         lrs_dev = jnp.asarray(lrs).reshape(num_calls, self.lanes)
         keys_dev = keys.reshape((num_calls, self.lanes) + keys.shape[1:])
         program = self._program(name, spec, theta, lrs_dev[0], keys_dev[0])
+        self._before_run(label or name)
         tic = time.perf_counter()
         pending = [program(theta, lrs_dev[i], keys_dev[i]) for i in range(num_calls)]
         losses, evals = [], []

@@ -411,10 +411,13 @@ def test_progress_names_what_compiles_and_counts_all_work(checkpoint):
 
     class Recorder:
         def __init__(self):
-            self.names, self.work = [], 0.0
+            self.names, self.running_now, self.work = [], [], 0.0
 
         def compiling(self, cell_name, optimizer):
             self.names.append((cell_name, optimizer))
+
+        def running(self, description):
+            self.running_now.append(description)
 
         def advance(self, work, description):
             self.work += work
@@ -428,4 +431,5 @@ def test_progress_names_what_compiles_and_counts_all_work(checkpoint):
     record = cells_lib.evaluate_cell(cell, suite, lopt, theta, get_family=get_family, progress=recorder)
     assert record["status"] == "done"
     assert sorted(recorder.names) == [(cell.name, "adamw"), (cell.name, "learned")]
+    assert recorder.running_now == [f"{cell.name}: {what}" for what in ("learned", "tuning adamw", "adamw")]
     assert recorder.work == pytest.approx(evaluation._estimated_work(suite, cell, lopt, get_family))
