@@ -276,12 +276,19 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
     return {**results, "out": out, "files": files}
 
 
-def _suite_timing(records: list, wall_s: float, compile_s: float) -> dict:
+def _suite_timing(records: list, wall_s: float, jax_compile_s: float) -> dict:
     """Wall time, time spent compiling and inner steps per second of this invocation (cells done
-    before a resume count neither their steps nor their time)."""
+    before a resume count neither their steps nor their time).
+
+    ``compile_s`` is the wall time spent compiling (or loading from the cache) the cells' programs;
+    ``jax_compile_s`` the sum of all of jax's compile events in the process (every small program
+    too; nested traces count twice, so it can exceed the wall time).
+    """
     steps = sum(int((r.get("timing") or {}).get("inner_steps", 0)) for r in records)
+    compile_s = sum(float((r.get("timing") or {}).get("compile_s", 0.0)) for r in records)
     return {"wall_s": wall_s, "compile_s": compile_s,
             "compile_share": compile_s / wall_s if wall_s > 0 else None,
+            "jax_compile_s": jax_compile_s,
             "inner_steps": steps, "inner_steps_per_s": steps / wall_s if wall_s > 0 else None}
 
 

@@ -38,7 +38,7 @@ import optax
 from metaopt import features as feat
 from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
-from metaopt.mup import check_multipliers, lo_multipliers, resolve_param_meta
+from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, unwrap
 
 PyTree = Any
 
@@ -234,24 +234,25 @@ class LeanLOpt(LearnedOptimizer):
 
     # --- the optax transformation -------------------------------------------------------------
 
-    def _multipliers(self, params, param_meta, roles, multipliers, base_params):
+    def _multipliers(self, params, param_meta, roles, multipliers, base_params, parametrization):
+        """s_W per tensor, in ``jax.tree.leaves(unwrap(params))`` order."""
         if multipliers is not None:
-            check_multipliers(params, multipliers)
-            return jax.tree.leaves(multipliers)
+            return jax.tree.leaves(check_multipliers(params, multipliers))
         if not self.mup:
-            return [1.0] * len(jax.tree.leaves(params))
-        meta = resolve_param_meta(params, param_meta, roles, base_params)
+            return [1.0] * len(jax.tree.leaves(unwrap(params)))
+        meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
         return jax.tree.leaves(lo_multipliers(meta))
 
     def transform(self, theta: dict, num_steps: Any, *, param_meta: Any = None, roles: Any = None,
-                  multipliers: Any = None, base_params: Any = None
+                  multipliers: Any = None, base_params: Any = None, parametrization: Optional[str] = None
                   ) -> optax.GradientTransformationExtraArgs:
         """The optax transformation defined by ``theta`` for a run of ``num_steps`` steps.
 
         Args:
           theta: meta-parameters from ``init`` (may be traced).
           num_steps: the run length T used by the fraction features (int, may be traced).
-          param_meta, roles, multipliers, base_params: the µP information, as for ``MLPLOpt``.
+          param_meta, roles, multipliers, base_params, parametrization: the µP information, as for
+            ``MLPLOpt.transform``.
 
         Returns:
           ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``; its state is
@@ -263,15 +264,20 @@ class LeanLOpt(LearnedOptimizer):
                       second_moment_decay=self.second_moment_decay,
                       factored_decays=self.factored_decays)
 
+        mup_args = (param_meta, roles, multipliers, base_params, parametrization)
+
         def init_fn(params):
-            self._multipliers(params, param_meta, roles, multipliers, base_params)
-            return feat.init_accumulators(params, self.momentum_decays, self.factored_decays)
+            check_params(params)
+            self._multipliers(params, *mup_args)
+            return feat.init_accumulators(unwrap(params), self.momentum_decays, self.factored_decays)
 
         def update_fn(updates, state, params=None, **extra_args):
             del extra_args
             if params is None:
                 raise ValueError("params: LeanLOpt.update needs params (the parameter is an input feature)")
-            scales = self._multipliers(updates, param_meta, roles, multipliers, base_params)
+            out_treedef = jax.tree.structure(updates)  # nnx variables stay where they were
+            updates, params = unwrap(updates), unwrap(params)
+            scales = self._multipliers(updates, *mup_args)
             time_vec = tf.time_features(state.count, num_steps, self.time_features, self.step_features)
             state = feat.update_accumulators(updates, state, **decays)
             g_leaves, treedef = jax.tree.flatten(updates)
@@ -285,6 +291,6 @@ class LeanLOpt(LearnedOptimizer):
                                          **decays)
                 step = self._tensor_step(theta, time_vec, x)
                 out.append((-jnp.asarray(s, jnp.float32) * step).astype(p.dtype))
-            return jax.tree.unflatten(treedef, out), state
+            return jax.tree.unflatten(out_treedef, out), state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
