@@ -17,9 +17,13 @@ Columns:
   vs_pred: measured / predicted (target: at most 1.15).
   state: optimizer-state bytes of the learned optimizer over Adam's (target: at most 2.5).
 
+With ``--lopt lean`` the learned optimizer is ``metaopt.LeanLOpt`` (a per-tensor network emitting a
+5-input, 4-unit per-parameter MLP) instead.
+
 Usage:
   python bench/step_overhead.py            # the full table (several minutes)
   python bench/step_overhead.py --quick    # a tiny version (seconds), to check the script runs
+  python bench/step_overhead.py --lopt lean --only "b=128"
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ def main(argv=None):
                         help="keep timing until each optimizer has this many seconds")
     parser.add_argument("--num-steps", type=int, default=1000, help="the LO's run length T")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this")
+    parser.add_argument("--lopt", choices=("mlp", "lean"), default="mlp",
+                        help="mlp: MLPLOpt (small_fc_lopt-sized µLO); lean: LeanLOpt")
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 2 if args.quick else 3
@@ -140,12 +146,20 @@ def main(argv=None):
     if args.min_seconds is None:
         args.min_seconds = 0.0 if args.quick else 1.0
 
-    _common.header("step overhead: learned optimizer (MLPLOpt, µLO) vs optax.adam, same model, same process")
-    lopt = metaopt.MLPLOpt(hidden_size=32, num_hidden_layers=2, mup=True, time_features=True,
-                           step_features=True)
+    if args.lopt == "lean":
+        _common.header("step overhead: learned optimizer (LeanLOpt) vs optax.adam, same model, same process")
+        lopt = metaopt.LeanLOpt()
+        print(f"# LeanLOpt: {lopt.num_features} features, per-parameter hidden {lopt.per_param_hidden}, "
+              f"per-tensor network {lopt.context_size} -> {lopt.hyper_hidden} -> "
+              f"{lopt.num_per_param_weights}; {args.steps} steps per timed call, median of >= "
+              f"{args.repeats} calls")
+    else:
+        _common.header("step overhead: learned optimizer (MLPLOpt, µLO) vs optax.adam, same model, same process")
+        lopt = metaopt.MLPLOpt(hidden_size=32, num_hidden_layers=2, mup=True, time_features=True,
+                               step_features=True)
+        print(f"# MLPLOpt: {len(lopt.feature_names)} features, hidden 32 x 2, time features "
+              f"{lopt.num_time_features}; {args.steps} steps per timed call, median of >= {args.repeats} calls")
     theta = lopt.init(jax.random.key(42))
-    print(f"# MLPLOpt: {len(lopt.feature_names)} features, hidden 32 x 2, time features "
-          f"{lopt.num_time_features}; {args.steps} steps per timed call, median of >= {args.repeats} calls")
     columns = ["case", "params", "t_adam ms", "t_lo ms", "measured", "predicted", "lo_flops/param",
                "vs_pred", "state/adam"]
     rows = []

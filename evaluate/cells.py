@@ -1,9 +1,10 @@
 """One cell of a suite: every optimizer on one task at one horizon, with its statistics.
 
-The learned optimizer runs once per reported seed (one vmapped program). Each baseline is first tuned
-on the tuning seed (or takes a fixed or transferred learning rate), then runs on the reported seeds.
-The cell's target loss is the best baseline's mean final training loss; every optimizer's steps to
-reach it give the speed-up.
+The learned optimizer runs once per reported seed. Each baseline is first tuned on the tuning seed
+(or takes a fixed or transferred learning rate), then runs on the reported seeds. Every optimizer
+runs through one compiled program per cell shape (``runner.CellRunner``): its tuning grid, grid
+extensions and reported seeds are all calls of that program. The cell's target loss is the best
+baseline's mean final training loss; every optimizer's steps to reach it give the speed-up.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def cell_header(cell: suites.Cell) -> dict:
 
 def evaluate_cell(cell: suites.Cell, suite: dict, lopt, theta: PyTree, *, get_family: Callable,
                   transferred: Optional[dict] = None, transferred_from: Optional[str] = None,
-                  progress: Optional[Callable[[int, str], None]] = None) -> dict:
+                  progress: Optional[Any] = None) -> dict:
     """Runs every optimizer of the suite on ``cell``.
 
     Args:
@@ -82,12 +83,14 @@ def evaluate_cell(cell: suites.Cell, suite: dict, lopt, theta: PyTree, *, get_fa
       transferred: baseline name -> learning rate tuned on the reference cell (tuning mode transfer);
         ``None`` tunes here.
       transferred_from: the reference cell's name (recorded).
-      progress: called with (number of runs finished, description).
+      progress: an object with ``compiling(cell_name, optimizer)`` (a program is being compiled),
+        ``running(description)`` (runs were dispatched) and ``advance(work, description)`` (runs
+        finished; work = runs x ``run_work(...)``), or ``None``.
 
     Returns:
       The cell's JSON-ready record.
     """
-    progress = progress or (lambda n, desc: None)
+    progress = progress or _NoProgress()
     start = time.time()
     task = build_task(cell, get_family)
     num_params = int(task.num_params)
@@ -111,6 +114,34 @@ def evaluate_cell(cell: suites.Cell, suite: dict, lopt, theta: PyTree, *, get_fa
     return record
 
 
+class _NoProgress:
+    def compiling(self, cell_name: str, optimizer: str) -> None:
+        pass
+
+    def advance(self, work: float, description: str) -> None:
+        pass
+
+    def running(self, description: str) -> None:
+        pass
+
+
+# The learned optimizer's update costs about this many FLOPs per parameter (small_fc_lopt-sized
+# per-parameter MLP and its features, by XLA's count), used only to weigh its runs in the ETA when
+# the optimizer does not say (``flops_per_param``).
+DEFAULT_LOPT_FLOPS_PER_PARAM = 4200.0
+
+
+def run_work(task, num_steps: int, learned: bool, lopt=None) -> float:
+    """The cost of one run, in FLOPs: the model's forward and backward passes, plus the learned
+    optimizer's update for a learned run; what the progress bar's ETA is measured in."""
+    flops = float(getattr(task, "flops_per_step", 0.0) or 0.0)
+    if learned:
+        per_param = getattr(lopt, "flops_per_param", None)
+        per_param = DEFAULT_LOPT_FLOPS_PER_PARAM if per_param is None else float(per_param)
+        flops += per_param * float(task.num_params)
+    return max(flops, 1.0) * int(num_steps)
+
+
 def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, progress) -> dict:
     num_steps = cell.num_steps
     window = stats.window_size(num_steps, suite["final_window"])
@@ -122,15 +153,20 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
     curve_points, confidence = suite["curve_points"], suite["confidence"]
     tolerance = suite["divergence_tolerance"]
     raw_losses: dict[str, np.ndarray] = {}
+    cell_runner = runner.CellRunner(task, num_steps, lanes=len(seeds),
+                                    before_compile=lambda name: progress.compiling(cell.name, name),
+                                    before_run=lambda label: progress.running(f"{cell.name}: {label}"))
+    baseline_work = run_work(task, num_steps, learned=False)
 
     if suite["learned"]:
-        losses, evals = runner.run(task, runner.LearnedSpec(lopt), num_steps, theta,
-                                   np.zeros(len(seeds)), keys)
+        learned_work = run_work(task, num_steps, learned=True, lopt=lopt)
+        losses, evals = cell_runner.run(
+            "learned", runner.LearnedSpec(lopt), theta, np.zeros(len(seeds)), keys,
+            on_batch=lambda n: progress.advance(n * learned_work, f"{cell.name}: learned"))
         raw_losses["learned"] = losses
         optimizers["learned"] = {"kind": lopt.kind, "learning_rate": None, "tuning": None,
                                  **optimizer_record(losses, evals, window, curve_points, confidence,
                                                     tolerance)}
-        progress(len(seeds), f"{cell.name}: learned")
 
     warmup_steps = int(round(tuning_cfg["warmup_fraction"] * num_steps))
     for name, spec in suite["baselines"].items():
@@ -144,12 +180,12 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
             tune_record = {"transferred_from": transferred_from, "runs": 0, "steps": 0}
         else:
             num_points = tuning_cfg["num_points"]
-            tuning_keys = jnp.repeat(tuning_key, num_points, axis=0)
 
-            def evaluate(lrs, bspec=bspec, tuning_keys=tuning_keys, name=name):
-                out = runner.run(task, bspec, num_steps, None, lrs, tuning_keys)
-                progress(len(lrs), f"{cell.name}: tuning {name}")
-                return out
+            def evaluate(lrs, bspec=bspec, name=name):
+                return cell_runner.run(
+                    name, bspec, None, lrs, jnp.repeat(tuning_key, len(lrs), axis=0),
+                    on_batch=lambda n: progress.advance(n * baseline_work, f"{cell.name}: tuning {name}"),
+                    label=f"tuning {name}")
 
             lo, hi = spec["grid"]
             tune_record = tuning.tune_learning_rate(
@@ -160,14 +196,15 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
             tune_record.update(seed=tuning_cfg["seed"], schedule=tuning_cfg["schedule"],
                                warmup_steps=warmup_steps)
             learning_rate = tune_record["best"]
-        losses, evals = runner.run(task, bspec, num_steps, None, np.full(len(seeds), learning_rate), keys)
+        losses, evals = cell_runner.run(
+            name, bspec, None, np.full(len(seeds), learning_rate), keys,
+            on_batch=lambda n, name=name: progress.advance(n * baseline_work, f"{cell.name}: {name}"))
         raw_losses[name] = losses
         optimizers[name] = {"kind": name, "learning_rate": float(learning_rate), "tuning": tune_record,
                             "schedule": tuning_cfg["schedule"], "warmup_steps": warmup_steps,
                             "hyper": dict(spec["hyper"]),
                             **optimizer_record(losses, evals, window, curve_points, confidence,
                                                tolerance)}
-        progress(len(seeds), f"{cell.name}: {name}")
 
     target = _target(optimizers, suite["baselines"])
     for name, rec in optimizers.items():
@@ -190,6 +227,12 @@ def _run_cell(cell, suite, task, lopt, theta, transferred, transferred_from, pro
         "target": target,
         "optimizers": optimizers,
         "tuning_budget": {"runs": tuning_runs, "steps": tuning_runs * num_steps},
+        "timing": {"compile_s": float(sum(cell_runner.compile_seconds.values())),
+                   "compile_s_by_optimizer": dict(cell_runner.compile_seconds),
+                   "run_s": float(cell_runner.run_seconds),
+                   "run_s_by_optimizer": dict(cell_runner.run_seconds_by_optimizer),
+                   "inner_steps": int(cell_runner.inner_steps),
+                   "lanes": cell_runner.lanes},
     }
 
 

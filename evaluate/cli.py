@@ -5,6 +5,8 @@
 
 Bad input (unknown suite, missing checkpoint, unknown override key, bad value, an output folder
 holding another evaluation) prints one line ``error: ...`` on stderr and exits with status 2.
+Compiled programs are kept in jax's persistent compilation cache (``metaopt.compilation_cache``;
+``--no-compilation-cache`` or ``METAOPT_COMPILATION_CACHE=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     parser.add_argument("--list-suites", action="store_true", help="print the shipped suites and exit")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="do not read or write jax's persistent compilation cache "
+                             "(also METAOPT_COMPILATION_CACHE=0)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="suite overrides, e.g. seeds=5 base_num_steps=200 task.config.batch_size=64")
     return parser
@@ -48,8 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _fail("--checkpoint: required (a run folder or a metaopt.save folder)")
     if not args.suite:
         _fail(f"--suite: required; shipped suites: {suites.list_suites()}")
+    from metaopt import compilation_cache
     from metaopt.evaluate.evaluation import evaluate_suite
 
+    compilation_cache.enable(not args.no_compilation_cache)
     try:
         results = evaluate_suite(args.checkpoint, args.suite, out=args.out, overrides=args.overrides,
                                  progress=not args.no_progress, plots_enabled=not args.no_plots)

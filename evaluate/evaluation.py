@@ -9,9 +9,12 @@ the output folder does not hold yet (writing each one as soon as it is finished)
 from __future__ import annotations
 
 import os
+import threading
+import time
 import warnings
 from typing import Any, Optional
 
+from metaopt import compilation_cache
 from metaopt.evaluate import cells as cells_lib
 from metaopt.evaluate import plots, report, store, suites
 
@@ -86,36 +89,84 @@ def resolve_task(suite: dict, metadata: dict) -> tuple[str, dict, dict, int]:
 
 
 class _Progress:
-    """A tqdm bar over the runs of a suite (cells x optimizers x seeds and tuning grids)."""
+    """The progress line of a suite: what is running or compiling, and the time left across cells.
 
-    def __init__(self, total: int, enabled: bool):
+    Progress is counted in work (FLOPs of the runs, ``cells.run_work``), not in runs, so a run on
+    the 16x-wide cell weighs 16x-256x a run on the 1x cell and the time left is an estimate for the
+    whole suite, not for the current cell.
+    """
+
+    def __init__(self, total: float, enabled: bool):
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="run", desc="evaluate", dynamic_ncols=True)
+            self.bar = tqdm(total=max(total, 1.0), desc="evaluate", dynamic_ncols=True, mininterval=0.5,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+            # A single call can run for minutes (a wide cell's seeds); keep the clock moving.
+            self._stop = threading.Event()
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
 
-    def __call__(self, n: int, desc: str) -> None:
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            bar = self.bar
+            if bar is not None:
+                bar.refresh()
+
+    def compiling(self, cell_name: str, optimizer: str) -> None:
+        """A program is about to be compiled (or loaded from the persistent cache)."""
         if self.bar is not None:
-            if self.bar.n + n > self.bar.total:
-                self.bar.total = self.bar.n + n
-            self.bar.set_description(desc, refresh=False)
-            self.bar.update(n)
+            self.bar.set_description(f"{cell_name}: compiling {optimizer}", refresh=True)
+
+    def running(self, description: str) -> None:
+        """Runs were dispatched (their results come later)."""
+        if self.bar is not None:
+            self.bar.set_description(description, refresh=True)
+
+    def advance(self, work: float, description: str) -> None:
+        """Runs worth ``work`` finished."""
+        if self.bar is not None:
+            if self.bar.n + work > self.bar.total:
+                self.bar.total = self.bar.n + work
+            self.bar.set_description(description, refresh=False)
+            self.bar.update(work)
+
+    @property
+    def done(self) -> float:
+        return 0.0 if self.bar is None else float(self.bar.n)
+
+    def drop(self, work: float) -> None:
+        """Work that was counted in the total will not be done (a skipped cell, a fixed rate)."""
+        if self.bar is not None:
+            self.bar.total = max(self.bar.n, self.bar.total - work, 1.0)
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
-            if self.bar.n < self.bar.total:  # fewer runs than estimated (fixed or transferred rates)
+            self._stop.set()
+            self._ticker.join()
+            if self.bar.n < self.bar.total:  # less work than estimated (fixed or transferred rates)
                 self.bar.total = self.bar.n
                 self.bar.refresh()
             self.bar.close()
 
 
-def _estimated_runs(suite: dict) -> int:
-    """Runs of one cell: the reported seeds of every optimizer, and one grid per tuned baseline."""
-    runs = suite["seeds"] if suite["learned"] else 0
+def _estimated_work(suite: dict, cell, lopt, get_family) -> float:
+    """Work of one cell (``cells.run_work`` summed): the reported seeds of every optimizer, and one
+    grid per tuned baseline; 0 for a skipped cell."""
+    if cell.skip_reason is not None:
+        return 0.0
+    try:
+        task = cells_lib.build_task(cell, get_family)
+    except Exception:  # noqa: BLE001 (the cell itself will report the error when it runs)
+        return 0.0
+    work = suite["seeds"] * cells_lib.run_work(task, cell.num_steps, True, lopt) if suite["learned"] else 0.0
+    per_run = cells_lib.run_work(task, cell.num_steps, False)
     for spec in suite["baselines"].values():
-        runs += suite["seeds"] + (suite["tuning"]["num_points"] if spec["learning_rate"] is None else 0)
-    return runs
+        work += per_run * (suite["seeds"] + (suite["tuning"]["num_points"] if spec["learning_rate"] is None
+                                             else 0))
+    return work
 
 
 def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, overrides: Any = None,
@@ -164,15 +215,21 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
     order = sorted(cells, key=lambda c: c is not reference)
     records: dict[str, dict] = {}
     run_warnings: list[str] = []
-    bar = _Progress(_estimated_runs(suite_cfg) * sum(c.skip_reason is None for c in cells), progress)
+    work = {c.name: _estimated_work(suite_cfg, c, lopt, get_family) for c in cells}
+    bar = _Progress(sum(work.values()), progress)
+    meter = compilation_cache.CompileMeter()
+    start = time.perf_counter()
+    ran_now: list[dict] = []
     transferred = None
     try:
         for cell in order:
             record = store.load_cell(out, cell.name, fp)
+            done_before = record is not None
             if record is None:
                 if cell.skip_reason is not None:
                     record = cells_lib.skipped_record(cell, cell.skip_reason)
                 else:
+                    before = bar.done
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         record = cells_lib.evaluate_cell(
@@ -182,12 +239,16 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
                                           if issubclass(w.category, UserWarning)]
                     for w in caught:
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                    bar.drop(work[cell.name] - (bar.done - before))  # its estimate, corrected
                 record = report.to_jsonable({**record, "fingerprint": fp})
                 store.save_cell(out, record)
-            else:
-                bar(_estimated_runs(suite_cfg) if record.get("status") == "done" else 0,
-                    f"{cell.name}: done before")
+            if done_before and record.get("status") == "done":
+                bar.advance(work[cell.name], f"{cell.name}: done before")
+            elif done_before:
+                bar.drop(work[cell.name])
             records[cell.name] = record
+            if not done_before:
+                ran_now.append(record)
             run_warnings += record.get("warnings", [])
             if cell is reference and record.get("status") == "done":
                 transferred = {name: rec["learning_rate"] for name, rec in record["optimizers"].items()
@@ -206,12 +267,29 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
         "base_num_steps": base_num_steps,
         "suite_config": suite_cfg,
         "fingerprint": fp,
+        "timing": _suite_timing(ran_now, time.perf_counter() - start, meter.seconds),
     }
     results = report.build_results(header=header, cells=[records[c.name] for c in cells],
                                    warnings_list=run_warnings)
     files = report.write_results(out, results)
     files["plots"] = plots.write_plots(out, results) if plots_enabled else []
     return {**results, "out": out, "files": files}
+
+
+def _suite_timing(records: list, wall_s: float, jax_compile_s: float) -> dict:
+    """Wall time, time spent compiling and inner steps per second of this invocation (cells done
+    before a resume count neither their steps nor their time).
+
+    ``compile_s`` is the wall time spent compiling (or loading from the cache) the cells' programs;
+    ``jax_compile_s`` the sum of all of jax's compile events in the process (every small program
+    too; nested traces count twice, so it can exceed the wall time).
+    """
+    steps = sum(int((r.get("timing") or {}).get("inner_steps", 0)) for r in records)
+    compile_s = sum(float((r.get("timing") or {}).get("compile_s", 0.0)) for r in records)
+    return {"wall_s": wall_s, "compile_s": compile_s,
+            "compile_share": compile_s / wall_s if wall_s > 0 else None,
+            "jax_compile_s": jax_compile_s,
+            "inner_steps": steps, "inner_steps_per_s": steps / wall_s if wall_s > 0 else None}
 
 
 run_suite = evaluate_suite

@@ -17,7 +17,7 @@ these sections::
       configs: [{}]             # one override mapping per static-shape task group
       num_sampled_groups: 0     # instead of configs: draw this many groups with family.sample
     lopt:
-      kind: mlp_lopt            # mlp_lopt | learned_schedule, then that class's fields
+      kind: mlp_lopt            # mlp_lopt | lean_lopt | learned_schedule, then that class's fields
     estimator:
       name: pes                 # tbptt | pes | truncated_es | es, then its keyword arguments
     outer:
@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
-LOPT_KINDS = ("mlp_lopt", "learned_schedule")
+LOPT_KINDS = ("mlp_lopt", "lean_lopt", "learned_schedule")
 OUTER_OPTIMIZERS = ("adamw", "adam")
 
 # Fields that do not change what is computed: a run may be resumed with them changed.

@@ -13,6 +13,7 @@ from metaopt.mup import ParamMeta, infer_param_meta  # noqa: E402
 from metaopt import baselines, checkpoint, schedules  # noqa: E402
 from metaopt.checkpoint import load, save  # noqa: E402
 from metaopt.mlp_lopt import MLPLOpt  # noqa: E402
+from metaopt.lean_lopt import LeanLOpt  # noqa: E402
 from metaopt.learned_schedule import LearnedSchedule  # noqa: E402
 from metaopt.shipped import pretrained  # noqa: E402
 from metaopt import unroll  # noqa: E402
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MLPLOpt",
+    "LeanLOpt",
     "LearnedSchedule",
     "fraction_features",
     "step_features",

@@ -114,7 +114,8 @@ def test_tuning_extends_past_an_edge_and_warns():
 
 
 def test_shipped_suites_and_overrides():
-    assert list_suites() == ["depth_transfer", "horizon_transfer", "task_transfer", "width_transfer"]
+    assert list_suites() == ["depth_transfer", "horizon_transfer", "task_transfer", "width_quick",
+                             "width_transfer"]
     width = load_suite("width_transfer")
     assert width["values"] == [1, 2, 4, 8, 16, 32] and width["horizon_factor"] == 5
     assert sorted(width["baselines"]) == ["adamw", "lion", "muadam", "sgdm"]
@@ -356,3 +357,79 @@ def test_module_entry_point_rejects_a_missing_checkpoint(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: checkpoint: no such folder")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# One compiled program per optimizer and cell
+
+
+def test_grid_and_seeds_share_one_program_and_padding_is_dropped():
+    from metaopt.evaluate import runner
+    from metaopt.tasks import get_family
+
+    family = get_family(TASK["family"])
+    task = family.task(family.make_config(**TASK["config"]))
+    num_steps = 13  # a horizon no other test uses, so nothing is compiled for it yet
+    compiled = []
+    cell = runner.CellRunner(task, num_steps, lanes=2, before_compile=compiled.append)
+    spec = runner.BaselineSpec("adamw", "cosine", 1, ())
+    grid = np.geomspace(1e-3, 1e-1, 5)  # three calls of two runs, the last one padded
+    seen = []
+    losses, evals = cell.run("adamw", spec, None, grid, runner.seed_keys([7] * 5), on_batch=seen.append)
+    seeds_losses, _ = cell.run("adamw", spec, None, [grid[2]] * 2, runner.seed_keys([0, 1]))
+    assert compiled == ["adamw"] and seen == [2, 2, 1]
+    assert losses.shape == (5, num_steps) and evals.shape == (5,) and seeds_losses.shape == (2, num_steps)
+    assert cell.inner_steps == 7 * num_steps
+    direct, direct_evals = runner.run(task, spec, num_steps, None, grid, runner.seed_keys([7] * 5))
+    np.testing.assert_allclose(losses, direct, rtol=1e-5)
+    np.testing.assert_allclose(evals, direct_evals, rtol=1e-5)
+    # Another cell of the same task and horizon reuses the program.
+    again = runner.CellRunner(task, num_steps, lanes=2, before_compile=compiled.append)
+    again.run("adamw", spec, None, grid[:2], runner.seed_keys([0, 1]))
+    assert compiled == ["adamw"]
+
+
+def test_cells_record_their_time_and_the_suite_its_throughput(width_run):
+    _, _, results = width_run
+    steps = 0
+    for cell in results["cells"]:
+        timing = cell["timing"]
+        assert set(timing["compile_s_by_optimizer"]) <= {"learned", "adamw"}
+        runs = 5 + 5 + 5  # learned seeds, adamw grid, adamw seeds
+        assert timing["inner_steps"] == runs * cell["num_steps"]
+        assert 0 < timing["run_s"] <= cell["wall_time_s"]
+        steps += timing["inner_steps"]
+    suite = results["timing"]
+    assert suite["inner_steps"] == steps
+    assert suite["inner_steps_per_s"] == pytest.approx(steps / suite["wall_s"])
+    assert 0 <= suite["compile_share"] <= 1
+
+
+def test_progress_names_what_compiles_and_counts_all_work(checkpoint):
+    from metaopt.evaluate import evaluation
+    from metaopt.tasks import get_family
+
+    class Recorder:
+        def __init__(self):
+            self.names, self.running_now, self.work = [], [], 0.0
+
+        def compiling(self, cell_name, optimizer):
+            self.names.append((cell_name, optimizer))
+
+        def running(self, description):
+            self.running_now.append(description)
+
+        def advance(self, work, description):
+            self.work += work
+
+    suite = suites.load_suite("horizon_transfer", COMMON + ["values=[0.7]"])
+    lopt, theta, metadata = evaluation.load_checkpoint(checkpoint)
+    family = get_family(TASK["family"])
+    cell = suites.make_cells(suite, TASK["family"], {}, family.make_config(**TASK["config"]), 20,
+                             get_family)[0]
+    recorder = Recorder()
+    record = cells_lib.evaluate_cell(cell, suite, lopt, theta, get_family=get_family, progress=recorder)
+    assert record["status"] == "done"
+    assert sorted(recorder.names) == [(cell.name, "adamw"), (cell.name, "learned")]
+    assert recorder.running_now == [f"{cell.name}: {what}" for what in ("learned", "tuning adamw", "adamw")]
+    assert recorder.work == pytest.approx(evaluation._estimated_work(suite, cell, lopt, get_family))
