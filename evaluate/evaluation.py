@@ -213,5 +213,3 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
     files["plots"] = plots.write_plots(out, results) if plots_enabled else []
     return {**results, "out": out, "files": files}
 
-
-run_suite = evaluate_suite

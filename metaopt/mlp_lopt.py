@@ -36,8 +36,6 @@ from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve
 
 PyTree = Any
 
-MLPLOptState = feat.Accumulators
-
 # Parameter entries per block of a large matrix on CPU; see ``MLPLOpt._matrix_step``.
 _ROW_CHUNK = 32768
 # Matrices with at least this many entries get their own pass (``MLPLOpt._matrix_step``); smaller
