@@ -14,6 +14,11 @@ import numpy as np
 from scipy.stats import t as student_t
 
 
+__all__ = [
+    "t_quantile", "window_size", "trailing_mean", "final_losses", "diverged", "summarize",
+    "steps_to_target", "summarize_steps", "subsample_curve", "to_float",
+]
+
 def t_quantile(p: float, df: float) -> float:
     """Quantile of Student's t distribution with ``df`` degrees of freedom.
 

@@ -49,6 +49,12 @@ from typing import Any, Optional
 
 import yaml
 
+__all__ = [
+    "AXES", "TUNING_MODES", "SELECT_BY", "SCHEDULES", "DEFAULT_GRIDS", "DEFAULTS", "shipped_suites",
+    "list_suites", "read_suite", "parse_overrides", "apply_overrides", "load_suite", "validate_suite",
+    "Cell", "config_fields", "make_cells", "reference_cell",
+]
+
 AXES = ("width", "depth", "horizon", "task")
 TUNING_MODES = ("per_cell", "transfer")
 SELECT_BY = ("train", "eval")

@@ -24,6 +24,12 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+__all__ = [
+    "CHECKPOINTS", "checkpoint_root", "step_path", "list_checkpoints", "remove_partial_saves",
+    "to_savable", "from_savable", "place_like", "as_json", "foreign_checkpoints", "save",
+    "restore_latest",
+]
+
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step_(\d{8,})$")
 

@@ -19,6 +19,8 @@ import argparse
 import sys
 
 
+__all__ = ["make_parser", "main"]
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr and exit 2, like every other input error
         print(f"error: {message}", file=sys.stderr)

@@ -45,6 +45,12 @@ from typing import Any
 
 import yaml
 
+__all__ = [
+    "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "DEFAULTS", "MAX_STEPS",
+    "MAX_SEED", "ConfigError", "parse_yaml", "shipped_config_path", "read_config_file",
+    "apply_overrides", "resolve", "load_config", "semantic", "dump", "describe_difference",
+]
+
 ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
 LOPT_KINDS = ("mlp_lopt", "learned_schedule")
 OUTER_OPTIMIZERS = ("adamw", "adam")

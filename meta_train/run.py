@@ -36,6 +36,12 @@ from metaopt.meta_train.config import MAX_STEPS, ConfigError, describe_differenc
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
 
+__all__ = [
+    "CONFIG_FILE", "THETA_DIR", "make_outer_schedule", "make_outer_optimizer", "meta_num_steps",
+    "Built", "build", "Plan", "plan_run_dir", "theta_metadata", "save_checkpoint", "RunResult",
+    "make_step_fn", "run",
+]
+
 CONFIG_FILE = "config.yaml"
 THETA_DIR = "theta"
 

@@ -13,6 +13,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+    "AXIS", "wants_distributed", "maybe_initialize_distributed", "make_mesh", "replicated",
+    "population_sharded", "place_on_mesh", "is_main_process",
+]
+
 AXIS = "pop"
 
 # Any of these set means the launcher asks for a multi-process run.

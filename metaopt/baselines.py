@@ -48,6 +48,11 @@ import optax
 from metaopt import mup
 from metaopt.schedules import make_schedule
 
+__all__ = [
+    "scale_by_mup_multipliers", "adamw", "muadam", "lion", "sgdm", "muon", "BASELINES", "LR_RANGES",
+    "get_baseline", "default_lr_grid",
+]
+
 PyTree = Any
 
 _SCHEDULE_HYPER = ("final_fraction", "decay_fraction")

@@ -34,6 +34,12 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "FACTORED_DECAYS", "Accumulators", "feature_names",
+    "accumulator_dtype", "init_accumulators", "update_accumulators", "tensor_features", "RANK1_GROUPS",
+    "feature_axis", "factored_vector_features", "feature_inv_rms", "normalize_features",
+]
+
 PyTree = Any
 
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)

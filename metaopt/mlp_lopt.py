@@ -34,6 +34,8 @@ from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
 from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, unwrap
 
+__all__ = ["MLPLOpt"]
+
 PyTree = Any
 
 # Parameter entries per block of a large matrix on CPU; see ``MLPLOpt._matrix_step``.

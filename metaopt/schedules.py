@@ -34,6 +34,8 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+__all__ = ["SCHEDULES", "POWER_EXPONENT", "unit_schedule", "make_schedule"]
+
 SCHEDULES = ("constant", "cosine", "linear", "wsd", "rex", "power")
 # The power scheduler's exponent b (Shen et al. 2024 use 0.51).
 POWER_EXPONENT = 0.51

@@ -21,6 +21,8 @@ import jax
 
 from metaopt.mup import ParamMeta  # noqa: F401  (re-exported for task authors)
 
+__all__ = ["ParamMeta", "Task", "TaskFamily"]
+
 PyTree = Any
 
 

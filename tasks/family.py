@@ -23,6 +23,8 @@ import numpy as np
 
 from metaopt.tasks.base import Task, TaskFamily
 
+__all__ = ["config_to_dict", "key_to_seed", "ConfigFamily"]
+
 # Plural keyword arguments and the config field each one sets.
 _PLURALS = {
     "width_multipliers": "width_multiplier",

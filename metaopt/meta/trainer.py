@@ -33,6 +33,11 @@ from metaopt.meta.tbptt import TBPTT
 from metaopt.meta.truncated_es import TruncatedES
 from metaopt.task_protocol import InnerTask
 
+__all__ = [
+    "GRADIENT_ESTIMATORS", "ESTIMATORS", "DEFAULT_OUTER_LEARNING_RATE", "MetaState", "MetaTrainer",
+    "make_meta_trainer",
+]
+
 PyTree = Any
 
 GRADIENT_ESTIMATORS = {"tbptt": TBPTT, "pes": PES, "truncated_es": TruncatedES}

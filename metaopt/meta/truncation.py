@@ -40,6 +40,12 @@ from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.task_protocol import InnerTask
 from metaopt.unroll import InnerState, init_inner_state, inner_step
 
+__all__ = [
+    "HORIZON_SAMPLINGS", "POP_AXIS", "TruncationConfig", "RunState", "round_horizon", "sample_horizon",
+    "tree_where", "shard_population", "replicate", "MEMBER_BATCH", "map_population", "run_segment",
+    "fresh_run", "slot_keys", "init_runs", "truncation", "slot_any", "advance_runs",
+]
+
 PyTree = Any
 
 HORIZON_SAMPLINGS = ("constant", "log_uniform")
