@@ -229,7 +229,8 @@ def tensor_features(names: Sequence[str], p: jax.Array, g: jax.Array, momentum: 
         return jnp.zeros((0,) + g.shape, jnp.float32)
 
     # Every feature is its own array expression (stacked at the end): XLA fuses these into tight
-    # elementwise loops, about 3x faster on CPU than stacking whole groups and concatenating them.
+    # elementwise loops, where stacking whole groups and concatenating them made it materialise
+    # every broadcast and branch per element (figures: docs/PERFORMANCE.md, "features one array each").
     rsqrt = functools.partial(_rsqrt, eps=eps, eps_root=eps_root)
 
     def bias_correction(decay):

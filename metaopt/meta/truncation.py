@@ -169,8 +169,8 @@ def replicate(tree: PyTree, mesh) -> PyTree:
 
 
 # Members of a population run in groups of this many, one group after another, on CPU. One member
-# at a time is fastest with the learned optimizer's batched feature pass: 1501 inner steps/s against
-# 1172 in groups of 4 on the reference PES configuration (width-128 MLPs), alternated in one process.
+# at a time is fastest with the learned optimizer's batched feature pass (figures:
+# docs/PERFORMANCE.md, "the feature pass and the matrix pass").
 MEMBER_BATCH = 1
 
 
