@@ -382,6 +382,13 @@ def resolve(raw: dict) -> dict:
     }
     if cfg["outer"]["optimizer"] == "adam" and cfg["outer"]["weight_decay"]:
         raise ConfigError("outer.weight_decay: must be 0 with outer.optimizer adam (use adamw)")
+    o = cfg["outer"]
+    if o["final_learning_rate"] is not None and o["final_learning_rate"] > o["learning_rate"]:
+        raise ConfigError(f"outer.final_learning_rate: must be <= outer.learning_rate "
+                          f"({o['learning_rate']!r}), got {o['final_learning_rate']!r}")
+    if o["warmup_steps"] > cfg["outer_steps"]:
+        raise ConfigError(f"outer.warmup_steps: must be <= outer_steps ({cfg['outer_steps']}), "
+                          f"got {o['warmup_steps']}")
     return cfg
 
 

@@ -35,6 +35,7 @@ from metaopt.meta_train import checkpoints, faults, memory, sharding
 from metaopt.meta_train.config import MAX_STEPS, ConfigError, describe_difference, dump, semantic
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
+from metaopt.schedules import make_schedule
 
 __all__ = [
     "CONFIG_FILE", "THETA_DIR", "make_outer_schedule", "make_outer_optimizer", "meta_num_steps",
@@ -56,24 +57,17 @@ _HORIZON_KEYS = ("max_horizon", "num_steps", "horizon", "unroll_length", "trunca
 def make_outer_schedule(outer: dict, outer_steps: int) -> optax.Schedule:
     """The outer learning rate: linear warm-up to the peak, then cosine decay (or constant).
 
-    Warm-up starts at ``peak / warmup_steps`` (not 0) so the first outer step is not wasted; the
-    cosine runs from the end of the warm-up to ``outer_steps`` and ends at ``final_learning_rate``.
+    ``metaopt.schedules.make_schedule`` with the warm-up starting at ``peak / warmup_steps`` (not 0),
+    so the first outer step is not wasted; the cosine runs from the end of the warm-up to
+    ``outer_steps`` and ends at ``final_learning_rate`` (``None``: constant after the warm-up).
     """
     peak = float(outer["learning_rate"])
-    warmup = int(outer["warmup_steps"])
     final = outer["final_learning_rate"]
-    decay_steps = max(outer_steps - warmup, 1)
-
-    def schedule(count):
-        count = jnp.asarray(count, jnp.float32)
-        warm = peak * jnp.minimum((count + 1.0) / max(warmup, 1), 1.0)
-        if final is None:
-            return warm
-        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
-        cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        return jnp.where(count < warmup, warm, cosine)
-
-    return schedule
+    if final is None:
+        return make_schedule("constant", peak, outer_steps, int(outer["warmup_steps"]),
+                             warmup_from_zero=False)
+    return make_schedule("cosine", peak, outer_steps, int(outer["warmup_steps"]),
+                         final_fraction=float(final) / peak, warmup_from_zero=False)
 
 
 def make_outer_optimizer(outer: dict, outer_steps: int) -> optax.GradientTransformation:

@@ -9,12 +9,14 @@ import glob
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -281,6 +283,48 @@ def test_shipped_configs_build(name):
     assert cfg["name"] == name
     built = run_lib.build(cfg)
     assert built.trainer.num_steps >= 1 and len(built.tasks) >= 1
+
+
+def _former_outer_schedule(peak, warmup, final, outer_steps):
+    """The outer schedule meta_train used before it came from metaopt.schedules, written out."""
+    decay_steps = max(outer_steps - warmup, 1)
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = peak * jnp.minimum((count + 1.0) / max(warmup, 1), 1.0)
+        if final is None:
+            return warm
+        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
+        cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(count < warmup, warm, cosine)
+
+    return schedule
+
+
+@pytest.mark.parametrize("name", ["quickstart", "mulo_mlp", "schedule_tbptt", "constant"])
+def test_outer_schedule_is_bit_identical_to_the_former_one(name):
+    if name == "constant":
+        cfg = config_lib.resolve(dict(TINY, outer={"learning_rate": 3e-3, "warmup_steps": 5}))
+    else:
+        cfg = config_lib.load_config(os.path.join(CONFIGS, f"{name}.yaml"))
+    o, steps = cfg["outer"], cfg["outer_steps"]
+    new = jax.jit(run_lib.make_outer_schedule(o, steps))
+    old = jax.jit(_former_outer_schedule(o["learning_rate"], o["warmup_steps"], o["final_learning_rate"],
+                                         steps))
+    counts = range(0, steps, max(1, steps // 400))
+    got = np.array([new(np.int32(t)) for t in counts])
+    want = np.array([old(np.int32(t)) for t in counts])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"outer_steps": 4, "outer": {"warmup_steps": 5}}, "outer.warmup_steps: must be <= outer_steps (4)"),
+    ({"outer": {"learning_rate": 1e-3, "final_learning_rate": 1e-2}},
+     "outer.final_learning_rate: must be <= outer.learning_rate"),
+])
+def test_outer_schedule_fields_are_checked_together(override, message):
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+        config_lib.resolve(dict(TINY, **override))
 
 
 def test_sp_and_mup_configs_differ_only_in_parametrization():
