@@ -3,14 +3,15 @@
 Usage::
 
     python -m meta_train --config configs/quickstart.yaml [key=value ...] [--resume | --fresh]
-                         [--max-outer-steps-this-run N] [--no-progress]
+                         [--max-outer-steps-this-run N] [--no-progress] [--print-config]
 
 Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``); they may come before or
 after the flags. Running again into an existing run folder of the same config continues it from its
 newest valid checkpoint; a folder made by a different config is refused unless ``--fresh`` (alias
 ``--overwrite``) is given, and a folder another live process is running in is always refused. Any bad
 input prints one line ``error: FIELD: ...`` on stderr and exits with status 2 before anything is
-created or written.
+created or written. ``--print-config`` prints the resolved config, as the run folder's ``config.yaml``
+would hold it, and exits 0 without writing anything.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 __all__ = ["make_parser", "main"]
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr and exit 2, like every other input error
@@ -40,6 +41,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-outer-steps-this-run", type=int, default=None, metavar="N",
                         help="stop after N outer steps (writing a checkpoint); run again to continue")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML, every setting spelled out) and exit "
+                             "without touching the run folder")
     return parser
 
 
@@ -65,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         sharding.maybe_initialize_distributed()
         built = run_mod.build(cfg)
         cfg = built.cfg
+        if args.print_config:
+            from metaopt.meta_train.config import dump
+
+            if sharding.is_main_process():
+                sys.stdout.write(dump(cfg))
+            return 0
         plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

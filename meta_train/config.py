@@ -45,13 +45,14 @@ from typing import Any
 
 import yaml
 
+from metaopt.meta.trainer import ESTIMATORS, estimator_settings
+
 __all__ = [
     "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "DEFAULTS", "MAX_STEPS",
     "MAX_SEED", "ConfigError", "parse_yaml", "shipped_config_path", "read_config_file",
     "apply_overrides", "resolve", "load_config", "semantic", "dump", "describe_difference",
 ]
 
-ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
 LOPT_KINDS = ("mlp_lopt", "learned_schedule")
 OUTER_OPTIMIZERS = ("adamw", "adam")
 
@@ -85,11 +86,11 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-# Estimator keyword arguments whose type is checked here; others are passed on as given and checked
-# by the estimator itself.
+# Estimator settings whose type is checked here; the others are passed on as given and checked by
+# the estimator itself. Which settings an estimator takes is ``metaopt.meta.estimator_settings``.
 _ESTIMATOR_POSITIVE_INTS = ("num_tasks", "num_perturbations", "population_size", "truncation_length",
-                            "min_horizon", "max_horizon", "num_steps", "horizon", "eval_every")
-_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "std", "loss_clip", "max_meta_loss")
+                            "min_horizon", "max_horizon", "num_steps")
+_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "max_meta_loss")
 
 # Largest count of steps (outer steps, inner steps, horizons): step counters are int32.
 MAX_STEPS = 2**31 - 1
@@ -358,6 +359,11 @@ def resolve(raw: dict) -> dict:
 
     est = dict(_plain(_mapping(raw.get("estimator", DEFAULTS["estimator"]), "estimator"), "estimator"))
     est["name"] = _str(est.get("name", "pes"), "estimator.name", ESTIMATORS)
+    allowed = estimator_settings(est["name"])
+    for key in est:
+        if key != "name" and key not in allowed:
+            raise ConfigError(f"estimator.{key}: unknown key for estimator {est['name']!r}; "
+                              f"allowed: {['name', *allowed]}")
     for key, value in est.items():
         if key in _ESTIMATOR_POSITIVE_INTS:
             _int(value, f"estimator.{key}")

@@ -48,7 +48,7 @@ THETA_DIR = "theta"
 
 # Estimator arguments that give the inner horizon the learned optimizer is meta-trained for, in the
 # order they are looked for.
-_HORIZON_KEYS = ("max_horizon", "num_steps", "horizon", "unroll_length", "truncation_length")
+_HORIZON_KEYS = ("max_horizon", "num_steps", "truncation_length")
 
 
 # ---------------------------------------------------------------- building

@@ -150,6 +150,30 @@ def test_bad_input_exits_2_and_leaves_run_folder_byte_identical(reference_run, t
     assert folder_digest(run_dir) == before
 
 
+@pytest.mark.parametrize("key", ["horizon", "eval_every", "std", "loss_clip", "unroll_length"])
+def test_estimator_keys_no_estimator_has_are_refused(tiny_config, tmp_path, capsys, key):
+    run_dir = tmp_path / "run"
+    status = cli.main(["--config", str(tiny_config), f"run_dir={run_dir}", f"estimator.{key}=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert err[0].startswith(f"error: estimator.{key}: unknown key for estimator 'pes'; allowed: "
+                             "['name', 'num_tasks', 'truncation_length'"), err[0]
+    assert not run_dir.exists()
+
+
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    status = cli.main(["--config", str(tiny_config), f"run_dir={run_dir}", "outer_steps=30",
+                       "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert status == 0 and not run_dir.exists()
+    cfg = config_lib.resolve(dict(TINY, outer_steps=30, run_dir=str(run_dir)))
+    assert printed == run_lib.build(cfg).cfg
+    # Every setting is spelled out, defaults included.
+    assert printed["outer_steps"] == 30 and printed["estimator"]["remat"] is True
+    assert "eps" in printed["lopt"]
+
+
 def test_run_folder_of_another_config_is_refused(reference_run, tiny_config, capsys, env, tmp_path):
     run_dir, _ = reference_run
     before = folder_digest(run_dir)
