@@ -18,6 +18,7 @@ from metaopt.evaluate import plots, report, store, suites
 
 __all__ = ["default_out", "load_checkpoint", "resolve_task", "evaluate_suite"]
 
+
 def _checkpoint_root(checkpoint: str) -> tuple[str, bool]:
     """(the run folder or the save folder, whether it is a meta-training run folder)."""
     path = os.path.abspath(checkpoint)

@@ -19,6 +19,7 @@ __all__ = [
     "steps_to_target", "summarize_steps", "subsample_curve", "to_float",
 ]
 
+
 def t_quantile(p: float, df: float) -> float:
     """Quantile of Student's t distribution with ``df`` degrees of freedom.
 

@@ -26,6 +26,7 @@ from metaopt.tasks.family import ConfigFamily
 
 __all__ = ["MLPConfig", "MLPTask", "MLPMNIST1DFamily", "MLPDigitsFamily"]
 
+
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
     """An MLP classification task.

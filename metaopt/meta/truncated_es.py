@@ -20,6 +20,7 @@ from metaopt.meta.pes import PES
 
 __all__ = ["TruncatedES"]
 
+
 class TruncatedES(PES):
     """Antithetic ES over truncations, without PES's accumulated perturbations."""
 
