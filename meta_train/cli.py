@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(dump(cfg))
             return 0
         plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
+        built = _built_for(run_mod, built, plan)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -92,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lock.acquire()
             plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
+            built = _built_for(run_mod, built, plan)
         except ConfigError as e:
             _undo_lock(lock)
             print(f"error: {e}", file=sys.stderr)
             return 2
-        verb = {"new": "starting", "resume": "resuming", "overwrite": "starting over"}[plan.action]
+        verb = {"new": "starting", "resume": "resuming", "extend": "extending",
+                "overwrite": "starting over"}[plan.action]
         print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s)",
               file=sys.stderr)
     try:
@@ -110,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{status} at outer step {result.outer_step}/{cfg['outer_steps']}; "
               f"theta in {plan.run_dir}/theta", file=sys.stderr)
     return 0
+
+
+def _built_for(run_mod, built, plan):
+    """``built``, rebuilt when the plan's config differs (an extended run's schedule history)."""
+    if plan.cfg is None or plan.cfg == built.cfg:
+        return built
+    return run_mod.build(plan.cfg)
 
 
 def _undo_lock(lock) -> None:

@@ -201,6 +201,57 @@ def test_run_folder_of_another_config_is_refused(reference_run, tiny_config, cap
         run_lib.plan_run_dir(config_lib.resolve(dict(TINY, run_dir=str(tmp_path / "none"))), resume=True)
 
 
+def test_schedule_difference_names_the_first_step_whose_learning_rate_changes():
+    cosine = config_lib.resolve(dict(TINY, outer_steps=10))
+    longer = config_lib.resolve(dict(TINY, outer_steps=20))
+    # Warm-up (2 steps) and the step where the cosine starts do not depend on the length.
+    assert config_lib.schedule_difference(cosine, longer, 3) is None
+    assert config_lib.schedule_difference(cosine, longer, 4) == (
+        "outer_steps: outer step 3 took its learning rate from a schedule of 10 steps, not 20")
+    extended = config_lib.resolve(dict(TINY, outer_steps=20, outer=dict(TINY["outer"],
+                                                                          schedule_history=[[10, 10]])))
+    assert config_lib.schedule_difference(cosine, extended, 10) is None
+    assert config_lib.schedule_horizon(extended, 9) == 10 and config_lib.schedule_horizon(extended, 10) == 20
+    constant = config_lib.resolve(dict(TINY, outer_steps=10, outer={"learning_rate": 1e-2}))
+    assert config_lib.schedule_difference(constant, dict(constant, outer_steps=99), 10) is None
+    # The extended schedule is the old one before step 10 and the new one from there.
+    old = run_lib.make_outer_schedule(cosine["outer"], 10)
+    new = run_lib.make_outer_schedule(longer["outer"], 20)
+    both = run_lib.make_outer_schedule(extended["outer"], 20)
+    for t in (0, 5, 9, 10, 15):
+        assert float(both(t)) == float((old if t < 10 else new)(t))
+    with pytest.raises(config_lib.ConfigError, match=r"^outer\.schedule_history\[0\]"):
+        config_lib.resolve(dict(TINY, outer_steps=10, outer=dict(TINY["outer"], schedule_history=[[5, 12]])))
+
+
+def test_a_finished_run_is_extended_by_raising_outer_steps(tiny_config, tmp_path, capsys):
+    base = ["--config", str(tiny_config), "--no-progress", "checkpoint_every=3"]
+    run_dir = tmp_path / "extended"
+    assert cli.main([*base, f"run_dir={run_dir}", "outer_steps=6"]) == 0
+    capsys.readouterr()
+    before = folder_digest(run_dir)
+    # Shortening it, or changing what its steps compute, is refused and touches nothing.
+    for args, start in ((["outer_steps=5"], "error: outer_steps: the run in"),
+                        (["outer_steps=9", "estimator.sigma=0.02"],
+                         "error: run_dir: '" + str(run_dir) + "' was made by a different config "
+                         "(estimator.sigma: 0.01 -> 0.02)")):
+        assert cli.main([*base, f"run_dir={run_dir}", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(start), err
+        assert folder_digest(run_dir) == before
+    assert cli.main([*base, f"run_dir={run_dir}", "outer_steps=9"]) == 0
+    assert "extending tiny" in capsys.readouterr().err
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["outer_steps"] == 9 and saved["outer"]["schedule_history"] == [[6, 6]]
+    # The extended run is exactly the run its config.yaml describes, run in one go.
+    fresh = tmp_path / "fresh"
+    assert cli.main([*base, f"run_dir={fresh}", "outer_steps=9", "outer.schedule_history=[[6, 6]]"]) == 0
+    assert_same_theta(metaopt.load(run_dir)[1], metaopt.load(fresh)[1])
+    # Running the same command again resumes the extended run (its history is kept).
+    assert cli.main([*base, f"run_dir={run_dir}", "outer_steps=9"]) == 0
+    assert "finished at outer step 9/9" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the run folder
 
 
