@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,32 +225,33 @@ def test_schedule_difference_names_the_first_step_whose_learning_rate_changes():
         config_lib.resolve(dict(TINY, outer_steps=10, outer=dict(TINY["outer"], schedule_history=[[5, 12]])))
 
 
-def test_a_finished_run_is_extended_by_raising_outer_steps(tiny_config, tmp_path, capsys):
-    base = ["--config", str(tiny_config), "--no-progress", "checkpoint_every=3"]
+def test_a_finished_run_is_extended_by_raising_outer_steps(reference_run, tiny_config, env, tmp_path, capsys):
     run_dir = tmp_path / "extended"
-    assert cli.main([*base, f"run_dir={run_dir}", "outer_steps=6"]) == 0
-    capsys.readouterr()
+    shutil.copytree(reference_run[0], run_dir)
     before = folder_digest(run_dir)
     # Shortening it, or changing what its steps compute, is refused and touches nothing.
-    for args, start in ((["outer_steps=5"], "error: outer_steps: the run in"),
-                        (["outer_steps=9", "estimator.sigma=0.02"],
+    for args, start in ((["outer_steps=20"], "error: outer_steps: the run in"),
+                        (["outer_steps=27", "estimator.sigma=0.02"],
                          "error: run_dir: '" + str(run_dir) + "' was made by a different config "
                          "(estimator.sigma: 0.01 -> 0.02)")):
-        assert cli.main([*base, f"run_dir={run_dir}", *args]) == 2
+        assert cli.main(["--config", str(tiny_config), f"run_dir={run_dir}", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(start), err
         assert folder_digest(run_dir) == before
-    assert cli.main([*base, f"run_dir={run_dir}", "outer_steps=9"]) == 0
-    assert "extending tiny" in capsys.readouterr().err
+    extended = run_cli(env, tiny_config, f"run_dir={run_dir}", "outer_steps=27")
+    assert extended.returncode == 0, extended.stderr
+    assert "extending tiny" in extended.stderr
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["outer_steps"] == 9 and saved["outer"]["schedule_history"] == [[6, 6]]
+    assert saved["outer_steps"] == 27 and saved["outer"]["schedule_history"] == [[24, 24]]
     # The extended run is exactly the run its config.yaml describes, run in one go.
     fresh = tmp_path / "fresh"
-    assert cli.main([*base, f"run_dir={fresh}", "outer_steps=9", "outer.schedule_history=[[6, 6]]"]) == 0
+    one_go = run_cli(env, tiny_config, f"run_dir={fresh}", "outer_steps=27",
+                     "outer.schedule_history=[[24, 24]]")
+    assert one_go.returncode == 0, one_go.stderr
     assert_same_theta(metaopt.load(run_dir)[1], metaopt.load(fresh)[1])
     # Running the same command again resumes the extended run (its history is kept).
-    assert cli.main([*base, f"run_dir={run_dir}", "outer_steps=9"]) == 0
-    assert "finished at outer step 9/9" in capsys.readouterr().err
+    again = run_cli(env, tiny_config, f"run_dir={run_dir}", "outer_steps=27")
+    assert again.returncode == 0 and "finished at outer step 27/27" in again.stderr, again.stderr
 
 
 # ---------------------------------------------------------------- the run folder
