@@ -14,7 +14,7 @@ References:
   (width, depth and horizon transfer against tuned µAdam and AdamW).
 """
 
-from metaopt.evaluate.evaluation import default_out, evaluate_suite, run_suite
+from metaopt.evaluate.evaluation import default_out, evaluate_suite
 from metaopt.evaluate.suites import list_suites, load_suite
 
-__all__ = ["evaluate_suite", "run_suite", "load_suite", "list_suites", "default_out"]
+__all__ = ["evaluate_suite", "load_suite", "list_suites", "default_out"]

@@ -17,6 +17,11 @@ import numpy as np
 
 from metaopt.evaluate import runner, stats, suites, tuning
 
+__all__ = [
+    "optimizer_record", "FLOATS_PER_PARAM", "estimated_bytes", "build_task", "skipped_record",
+    "cell_header", "evaluate_cell",
+]
+
 PyTree = Any
 
 

@@ -16,6 +16,9 @@ import sys
 from typing import Optional, Sequence
 
 
+__all__ = ["build_parser", "main"]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
         print(f"error: {message}", file=sys.stderr)

@@ -19,6 +19,9 @@ from metaopt.evaluate import cells as cells_lib
 from metaopt.evaluate import plots, report, store, suites
 
 
+__all__ = ["default_out", "load_checkpoint", "resolve_task", "evaluate_suite"]
+
+
 def _checkpoint_root(checkpoint: str) -> tuple[str, bool]:
     """(the run folder or the save folder, whether it is a meta-training run folder)."""
     path = os.path.abspath(checkpoint)
@@ -291,5 +294,3 @@ def _suite_timing(records: list, wall_s: float, jax_compile_s: float) -> dict:
             "jax_compile_s": jax_compile_s,
             "inner_steps": steps, "inner_steps_per_s": steps / wall_s if wall_s > 0 else None}
 
-
-run_suite = evaluate_suite

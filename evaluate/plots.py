@@ -25,6 +25,11 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from metaopt.evaluate import stats
 
+__all__ = [
+    "band_note", "curves_figure", "plot_curves", "final_vs_axis_figure", "plot_final_vs_axis",
+    "plot_final_by_task", "write_plots",
+]
+
 _AXIS_LABEL = {"width": "width", "depth": "depth", "horizon": "inner steps"}
 
 

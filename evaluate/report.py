@@ -20,6 +20,11 @@ import numpy as np
 
 from metaopt.evaluate import store
 
+__all__ = [
+    "to_jsonable", "versions", "optimizer_names", "build_results", "describe_cells", "markdown",
+    "write_results",
+]
+
 _AXIS_LABEL = {"width": "width", "depth": "depth", "horizon": "steps", "task": "family"}
 
 

@@ -31,6 +31,11 @@ import numpy as np
 
 from metaopt import unroll
 
+__all__ = [
+    "BaselineSpec", "LearnedSpec", "hashable_hyper", "make_transform", "run_batch", "seed_keys", "run",
+    "is_out_of_memory", "available_bytes",
+]
+
 PyTree = Any
 
 

@@ -26,6 +26,9 @@ from matplotlib.figure import Figure
 from metaopt import checkpoint
 
 
+__all__ = ["schedule_curves", "summarize", "plot_schedules", "main"]
+
+
 def schedule_curves(paths: Sequence[str], num_steps: Sequence[int]) -> dict:
     """``{path: {T: multipliers over a run of T steps}}`` for learned-schedule checkpoints.
 

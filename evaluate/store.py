@@ -23,6 +23,12 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+__all__ = [
+    "MANIFEST", "CELLS", "DIGEST", "TMP_PREFIX", "OutputMismatchError", "atomic_write_text",
+    "atomic_write_json", "record_digest", "with_digest", "verified", "remove_partial_writes",
+    "theta_digest", "fingerprint", "open_output", "cell_path", "load_cell", "save_cell",
+]
+
 MANIFEST = "manifest.json"
 CELLS = "cells"
 DIGEST = "record_sha256"

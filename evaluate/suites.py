@@ -16,6 +16,7 @@ A suite is a YAML mapping (read with ``yaml.safe_load``) marked by a top-level `
     baselines:                  # name -> {grid: [lo, hi]} (tuned) or {learning_rate: x} (fixed),
       adamw: {grid: [1.0e-4, 1.0], hyper: {}}     # plus hyper: extra keyword arguments; a list of
                                                   # names takes the default grids
+                                                  # (metaopt.baselines.LR_RANGES)
     tuning:
       num_points: 9             # log-spaced learning rates per grid
       mode: per_cell            # per_cell | transfer (tune at the reference cell, reuse everywhere)
@@ -49,18 +50,22 @@ from typing import Any, Optional
 
 import yaml
 
+from metaopt.baselines import LR_RANGES
+
+__all__ = [
+    "AXES", "TUNING_MODES", "SELECT_BY", "SCHEDULES", "DEFAULT_BASELINES", "DEFAULTS", "shipped_suites",
+    "list_suites", "read_suite", "parse_overrides", "apply_overrides", "load_suite", "validate_suite",
+    "Cell", "config_fields", "make_cells", "reference_cell",
+]
+
 AXES = ("width", "depth", "horizon", "task")
 TUNING_MODES = ("per_cell", "transfer")
 SELECT_BY = ("train", "eval")
 SCHEDULES = ("cosine", "linear")
 
-# Wide log-spaced learning-rate ranges, so that a tuned optimum lies well inside them.
-DEFAULT_GRIDS: dict[str, tuple[float, float]] = {
-    "adamw": (1e-4, 1.0),
-    "muadam": (1e-4, 1.0),
-    "lion": (1e-5, 1e-1),
-    "sgdm": (1e-3, 10.0),
-}
+# The baselines a suite runs unless it names its own; each named baseline's default grid is its
+# ``metaopt.baselines.LR_RANGES`` entry.
+DEFAULT_BASELINES = ("adamw", "muadam", "lion", "sgdm")
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,
@@ -72,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "base_num_steps": None,
     "seeds": 3,
     "learned": True,
-    "baselines": {name: {"grid": list(grid), "hyper": {}} for name, grid in DEFAULT_GRIDS.items()},
+    "baselines": {name: {"grid": list(LR_RANGES[name]), "hyper": {}} for name in DEFAULT_BASELINES},
     "tuning": {
         "num_points": 9,
         "mode": "per_cell",
@@ -267,9 +272,9 @@ def _baselines_mapping(value: Any) -> dict:
     if isinstance(value, (list, tuple)):
         out = {}
         for name in value:
-            if name not in DEFAULT_GRIDS:
-                raise ValueError(f"baselines: unknown baseline {name!r}; known: {sorted(DEFAULT_GRIDS)}")
-            out[name] = {"grid": list(DEFAULT_GRIDS[name]), "hyper": {}}
+            if name not in LR_RANGES:
+                raise ValueError(f"baselines: unknown baseline {name!r}; known: {sorted(LR_RANGES)}")
+            out[name] = {"grid": list(LR_RANGES[name]), "hyper": {}}
         return out
     if isinstance(value, dict):
         return value
@@ -388,8 +393,8 @@ def validate_suite(config: dict) -> dict:
     for bname, spec in baselines.items():
         if spec is None:
             continue
-        if bname not in DEFAULT_GRIDS:
-            raise ValueError(f"baselines: unknown baseline {bname!r}; known: {sorted(DEFAULT_GRIDS)}")
+        if bname not in LR_RANGES:
+            raise ValueError(f"baselines: unknown baseline {bname!r}; known: {sorted(LR_RANGES)}")
         if not isinstance(spec, dict):
             raise ValueError(f"baselines.{bname}: expected a mapping with grid or learning_rate")
         unknown = sorted(set(spec) - {"grid", "learning_rate", "hyper"})
@@ -400,7 +405,7 @@ def validate_suite(config: dict) -> dict:
         if spec.get("learning_rate") is not None:
             out["learning_rate"] = _positive_number(spec["learning_rate"], f"baselines.{bname}.learning_rate")
         else:
-            grid = spec.get("grid", list(DEFAULT_GRIDS[bname]))
+            grid = spec.get("grid", list(LR_RANGES[bname]))
             if (not isinstance(grid, (list, tuple)) or len(grid) != 2):
                 raise ValueError(f"baselines.{bname}.grid: expected [lowest, highest] learning rates, "
                                  f"got {grid!r}")

@@ -19,6 +19,9 @@ import numpy as np
 from metaopt.evaluate import stats
 
 
+__all__ = ["GridEdgeWarning", "log_grid", "scores", "tune_learning_rate"]
+
+
 class GridEdgeWarning(UserWarning):
     """The best learning rate of a grid search lies at the grid's edge."""
 

@@ -24,6 +24,12 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+__all__ = [
+    "CHECKPOINTS", "checkpoint_root", "step_path", "list_checkpoints", "remove_partial_saves",
+    "to_savable", "from_savable", "place_like", "as_json", "foreign_checkpoints", "save",
+    "restore_latest",
+]
+
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step_(\d{8,})$")
 
@@ -93,13 +99,18 @@ def as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _config_difference(metadata: Any, expected: dict) -> Optional[str]:
-    from metaopt.meta_train.config import describe_difference
+def _config_difference(metadata: Any, expected: dict, step: int) -> Optional[str]:
+    """Why the checkpoint of outer step ``step`` is not a state of the run ``expected`` describes
+    (an earlier length of the same run is one: see ``config.run_difference``); None when it is."""
+    from metaopt.meta_train.config import run_difference
 
     recorded = metadata.get("config") if isinstance(metadata, dict) else None
     if not isinstance(recorded, dict):
         return "it records no config"
-    return describe_difference(recorded, as_json(expected))
+    try:
+        return run_difference(recorded, as_json(expected), step)
+    except (KeyError, TypeError, ValueError):
+        return "its config cannot be read"
 
 
 def foreign_checkpoints(run_dir: str, expected_config: dict) -> list[tuple[int, str]]:
@@ -116,7 +127,7 @@ def foreign_checkpoints(run_dir: str, expected_config: dict) -> list[tuple[int, 
             metadata = load_metadata(path)
         except (CheckpointError, ValueError):
             continue
-        diff = _config_difference(metadata, expected_config)
+        diff = _config_difference(metadata, expected_config, step)
         if diff is not None:
             out.append((step, diff))
     return out
@@ -159,7 +170,7 @@ def restore_latest(run_dir: str, template: Any, expected_config: Optional[dict] 
             if int(metadata.get("outer_step", -1)) != step:
                 raise ValueError(f"records outer step {metadata.get('outer_step')}")
             if expected_config is not None:
-                diff = _config_difference(metadata, expected_config)
+                diff = _config_difference(metadata, expected_config, step)
                 if diff is not None:
                     raise ValueError(f"made by a different config ({diff})")
             exp_def, got_def = jax.tree.structure(savable_template), jax.tree.structure(tree)

@@ -4,6 +4,7 @@ Usage::
 
     python -m meta_train --config configs/quickstart.yaml [key=value ...] [--resume | --fresh]
                          [--max-outer-steps-this-run N] [--no-progress] [--no-compilation-cache]
+                         [--print-config]
 
 Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``); they may come before or
 after the flags. Running again into an existing run folder of the same config continues it from its
@@ -13,12 +14,16 @@ input prints one line ``error: FIELD: ...`` on stderr and exits with status 2 be
 created or written.
 Compiled programs are kept in jax's persistent compilation cache (``metaopt.compilation_cache``), so
 a second run of the same config starts without compiling again.
+``--print-config`` prints the resolved config, as the run folder's ``config.yaml``
+would hold it, and exits 0 without writing anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+__all__ = ["make_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-compilation-cache", action="store_true",
                         help="do not read or write jax's persistent compilation cache "
                              "(also METAOPT_COMPILATION_CACHE=0)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML, every setting spelled out) and exit "
+                             "without touching the run folder")
     return parser
 
 
@@ -71,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         sharding.maybe_initialize_distributed()
         built = run_mod.build(cfg)
         cfg = built.cfg
+        if args.print_config:
+            from metaopt.meta_train.config import dump
+
+            if sharding.is_main_process():
+                sys.stdout.write(dump(cfg))
+            return 0
         plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
+        built = _built_for(run_mod, built, plan)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -88,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lock.acquire()
             plan = run_mod.plan_run_dir(cfg, resume=args.resume, fresh=args.fresh)
+            built = _built_for(run_mod, built, plan)
         except ConfigError as e:
             _undo_lock(lock)
             print(f"error: {e}", file=sys.stderr)
             return 2
-        verb = {"new": "starting", "resume": "resuming", "overwrite": "starting over"}[plan.action]
+        verb = {"new": "starting", "resume": "resuming", "extend": "extending",
+                "overwrite": "starting over"}[plan.action]
         print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s)",
               file=sys.stderr)
     try:
@@ -106,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{status} at outer step {result.outer_step}/{cfg['outer_steps']}; "
               f"theta in {plan.run_dir}/theta; {compile_meter.seconds:.1f}s compiling", file=sys.stderr)
     return 0
+
+
+def _built_for(run_mod, built, plan):
+    """``built``, rebuilt when the plan's config differs (an extended run's schedule history)."""
+    if plan.cfg is None or plan.cfg == built.cfg:
+        return built
+    return run_mod.build(plan.cfg)
 
 
 def _undo_lock(lock) -> None:

@@ -27,6 +27,8 @@ these sections::
       final_learning_rate: null # cosine decay to this value (null: constant after warm-up)
       weight_decay: 0.0
       clip_norm: 1.0            # global-norm clipping of the meta-gradient (null: none)
+      schedule_history: []      # [until_step, outer_steps] per extension: steps before until_step
+                                # follow the schedule of that length (written when a run is extended)
 
 Validation never touches the file system beyond reading the config file, so a bad config is
 rejected before anything is created or written. Counts are bounded so that they fit the int32 step
@@ -45,7 +47,15 @@ from typing import Any
 
 import yaml
 
-ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
+from metaopt.meta.trainer import ESTIMATORS, estimator_settings
+
+__all__ = [
+    "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "DEFAULTS", "MAX_STEPS",
+    "MAX_SEED", "ConfigError", "parse_yaml", "shipped_config_path", "read_config_file",
+    "apply_overrides", "resolve", "load_config", "semantic", "trajectory", "schedule_horizon",
+    "schedule_difference", "run_difference", "dump", "describe_difference",
+]
+
 LOPT_KINDS = ("mlp_lopt", "lean_lopt", "learned_schedule")
 OUTER_OPTIMIZERS = ("adamw", "adam")
 
@@ -76,14 +86,15 @@ DEFAULTS: dict[str, Any] = {
         "final_learning_rate": None,
         "weight_decay": 0.0,
         "clip_norm": 1.0,
+        "schedule_history": [],
     },
 }
 
-# Estimator keyword arguments whose type is checked here; others are passed on as given and checked
-# by the estimator itself.
+# Estimator settings whose type is checked here; the others are passed on as given and checked by
+# the estimator itself. Which settings an estimator takes is ``metaopt.meta.estimator_settings``.
 _ESTIMATOR_POSITIVE_INTS = ("num_tasks", "num_perturbations", "population_size", "truncation_length",
-                            "min_horizon", "max_horizon", "num_steps", "horizon", "eval_every")
-_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "std", "loss_clip", "max_meta_loss")
+                            "min_horizon", "max_horizon", "num_steps")
+_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "max_meta_loss")
 
 # Largest count of steps (outer steps, inner steps, horizons): step counters are int32.
 MAX_STEPS = 2**31 - 1
@@ -352,6 +363,11 @@ def resolve(raw: dict) -> dict:
 
     est = dict(_plain(_mapping(raw.get("estimator", DEFAULTS["estimator"]), "estimator"), "estimator"))
     est["name"] = _str(est.get("name", "pes"), "estimator.name", ESTIMATORS)
+    allowed = estimator_settings(est["name"])
+    for key in est:
+        if key != "name" and key not in allowed:
+            raise ConfigError(f"estimator.{key}: unknown key for estimator {est['name']!r}; "
+                              f"allowed: {['name', *allowed]}")
     for key, value in est.items():
         if key in _ESTIMATOR_POSITIVE_INTS:
             _int(value, f"estimator.{key}")
@@ -373,10 +389,38 @@ def resolve(raw: dict) -> dict:
         "weight_decay": _float(outer.get("weight_decay", d["weight_decay"]), "outer.weight_decay"),
         "clip_norm": _float(outer.get("clip_norm", d["clip_norm"]), "outer.clip_norm", positive=True,
                             allow_none=True),
+        "schedule_history": _schedule_history(outer.get("schedule_history", d["schedule_history"]),
+                                              cfg["outer_steps"]),
     }
     if cfg["outer"]["optimizer"] == "adam" and cfg["outer"]["weight_decay"]:
         raise ConfigError("outer.weight_decay: must be 0 with outer.optimizer adam (use adamw)")
+    o = cfg["outer"]
+    if o["final_learning_rate"] is not None and o["final_learning_rate"] > o["learning_rate"]:
+        raise ConfigError(f"outer.final_learning_rate: must be <= outer.learning_rate "
+                          f"({o['learning_rate']!r}), got {o['final_learning_rate']!r}")
+    if o["warmup_steps"] > cfg["outer_steps"]:
+        raise ConfigError(f"outer.warmup_steps: must be <= outer_steps ({cfg['outer_steps']}), "
+                          f"got {o['warmup_steps']}")
     return cfg
+
+
+def _schedule_history(value: Any, outer_steps: int) -> list:
+    field = "outer.schedule_history"
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field}: expected a list of [until_step, outer_steps] pairs, got {value!r}")
+    out, last_until, last_horizon = [], 0, 0
+    for i, entry in enumerate(value):
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in entry)):
+            raise ConfigError(f"{field}[{i}]: expected [until_step, outer_steps] (two ints), got {entry!r}")
+        until, horizon = entry
+        if not last_until < until <= horizon or horizon <= last_horizon or horizon >= outer_steps:
+            raise ConfigError(f"{field}[{i}]: expected until_step above the previous one and at most "
+                              f"its outer_steps, which rise and stay below outer_steps ({outer_steps}), "
+                              f"got {list(entry)!r}")
+        out.append([until, horizon])
+        last_until, last_horizon = until, horizon
+    return out
 
 
 def load_config(path: str, overrides: list[str] = ()) -> dict:
@@ -387,6 +431,58 @@ def load_config(path: str, overrides: list[str] = ()) -> dict:
 def semantic(cfg: dict) -> dict:
     """The part of a resolved config that decides the computation (for comparing with a run folder)."""
     return {k: v for k, v in cfg.items() if k not in RESUMABLE_FIELDS}
+
+
+def trajectory(cfg: dict) -> dict:
+    """``semantic(cfg)`` less the run's length (``outer_steps``, ``outer.schedule_history``).
+
+    Two configs with equal trajectories compute the same outer step wherever their outer learning
+    rates agree (``schedule_difference`` says where they do not): a run can be extended.
+    """
+    out = semantic(cfg)
+    out.pop("outer_steps", None)
+    if isinstance(out.get("outer"), dict):
+        out["outer"] = {k: v for k, v in out["outer"].items() if k != "schedule_history"}
+    return out
+
+
+def schedule_horizon(cfg: dict, step: int) -> int:
+    """The ``outer_steps`` of the schedule that sets the outer learning rate of outer step ``step``."""
+    for until, horizon in cfg["outer"].get("schedule_history") or []:
+        if step < until:
+            return horizon
+    return cfg["outer_steps"]
+
+
+def schedule_difference(a: dict, b: dict, steps: int) -> str | None:
+    """Where two configs of equal ``trajectory`` give outer steps ``[0, steps)`` different learning
+    rates, as one line starting ``outer_steps:``; None where they agree.
+
+    The warm-up and the first step after it do not depend on the schedule's length, nor does a
+    schedule that stays constant after its warm-up (``final_learning_rate: null``).
+    """
+    outer = b["outer"]
+    if outer["final_learning_rate"] is None or steps <= 0:
+        return None
+    first = outer["warmup_steps"] + 1
+    untils = {u for c in (a, b) for u, _ in c["outer"].get("schedule_history") or []}
+    points = sorted({0, steps} | {u for u in untils if 0 < u < steps})
+    for start, stop in zip(points[:-1], points[1:]):
+        if stop <= first:
+            continue
+        step = max(start, first)
+        ha, hb = schedule_horizon(a, step), schedule_horizon(b, step)
+        if ha != hb:
+            return (f"outer_steps: outer step {step} took its learning rate from a schedule of {ha} "
+                    f"steps, not {hb}")
+    return None
+
+
+def run_difference(recorded: dict, cfg: dict, steps: int) -> str | None:
+    """The first difference that would make outer steps ``[0, steps)``, taken under the config
+    ``recorded``, compute something else under ``cfg``; None when ``cfg`` continues that run."""
+    return describe_difference(trajectory(recorded), trajectory(cfg)) or schedule_difference(
+        recorded, cfg, steps)
 
 
 def dump(cfg: dict) -> str:

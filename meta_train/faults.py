@@ -19,6 +19,8 @@ import os
 import sys
 from typing import Optional
 
+__all__ = ["ENV", "PHASES", "CRASH_STATUS", "point"]
+
 ENV = "METAOPT_CRASH_AT"
 PHASES = ("compile", "step", "checkpoint", "theta", "end")
 CRASH_STATUS = 86

@@ -20,6 +20,8 @@ from typing import Optional, TextIO
 
 from metaopt.meta_train.config import ConfigError
 
+__all__ = ["LOCK_FILE", "RunDirLocked", "lock_path", "read_owner", "RunLock"]
+
 LOCK_FILE = "run.lock"
 
 

@@ -17,6 +17,8 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+__all__ = ["STEP_FACTOR", "tree_bytes", "available_bytes", "human", "estimate"]
+
 # The outer step holds the incoming state and the outgoing one (donation lets XLA reuse buffers
 # only where layouts allow), so a run needs at least twice its state.
 STEP_FACTOR = 2

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+__all__ = ["METRICS_FILE", "truncate_metrics", "read_metrics", "MetricsLogger", "progress_bar"]
+
 METRICS_FILE = "metrics.jsonl"
 
 

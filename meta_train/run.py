@@ -32,16 +32,24 @@ import jax.numpy as jnp
 import optax
 
 from metaopt.meta_train import checkpoints, faults, memory, sharding
-from metaopt.meta_train.config import MAX_STEPS, ConfigError, describe_difference, dump, semantic
+from metaopt.meta_train.config import (MAX_STEPS, ConfigError, describe_difference, dump, run_difference,
+                                       schedule_difference, semantic, trajectory)
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
+from metaopt.schedules import make_schedule
+
+__all__ = [
+    "CONFIG_FILE", "THETA_DIR", "make_outer_schedule", "make_outer_optimizer", "meta_num_steps",
+    "Built", "build", "Plan", "plan_run_dir", "theta_metadata", "save_checkpoint", "RunResult",
+    "make_step_fn", "run",
+]
 
 CONFIG_FILE = "config.yaml"
 THETA_DIR = "theta"
 
 # Estimator arguments that give the inner horizon the learned optimizer is meta-trained for, in the
 # order they are looked for.
-_HORIZON_KEYS = ("max_horizon", "num_steps", "horizon", "unroll_length", "truncation_length")
+_HORIZON_KEYS = ("max_horizon", "num_steps", "truncation_length")
 
 
 # ---------------------------------------------------------------- building
@@ -50,22 +58,33 @@ _HORIZON_KEYS = ("max_horizon", "num_steps", "horizon", "unroll_length", "trunca
 def make_outer_schedule(outer: dict, outer_steps: int) -> optax.Schedule:
     """The outer learning rate: linear warm-up to the peak, then cosine decay (or constant).
 
-    Warm-up starts at ``peak / warmup_steps`` (not 0) so the first outer step is not wasted; the
-    cosine runs from the end of the warm-up to ``outer_steps`` and ends at ``final_learning_rate``.
+    ``metaopt.schedules.make_schedule`` with the warm-up starting at ``peak / warmup_steps`` (not 0),
+    so the first outer step is not wasted; the cosine runs from the end of the warm-up to
+    ``outer_steps`` and ends at ``final_learning_rate`` (``None``: constant after the warm-up).
+    A run that was extended keeps, for the steps it had taken, the schedule of the length it had
+    then: each ``[until_step, length]`` of ``outer["schedule_history"]`` sets the steps before
+    ``until_step`` (see ``plan_run_dir``).
     """
     peak = float(outer["learning_rate"])
     warmup = int(outer["warmup_steps"])
     final = outer["final_learning_rate"]
-    decay_steps = max(outer_steps - warmup, 1)
+
+    def of_length(length: int) -> optax.Schedule:
+        if final is None:
+            return make_schedule("constant", peak, length, warmup, warmup_from_zero=False)
+        return make_schedule("cosine", peak, length, warmup, final_fraction=float(final) / peak,
+                             warmup_from_zero=False)
+
+    current = of_length(outer_steps)
+    history = [(int(until), of_length(int(length))) for until, length in outer.get("schedule_history") or []]
+    if not history:
+        return current
 
     def schedule(count):
-        count = jnp.asarray(count, jnp.float32)
-        warm = peak * jnp.minimum((count + 1.0) / max(warmup, 1), 1.0)
-        if final is None:
-            return warm
-        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
-        cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        return jnp.where(count < warmup, warm, cosine)
+        value = current(count)
+        for until, earlier in reversed(history):
+            value = jnp.where(count < until, earlier(count), value)
+        return value
 
     return schedule
 
@@ -339,10 +358,13 @@ def _with_full_settings(cfg: dict, lopt: Any, trainer: Any) -> dict:
 
 
 class Plan(NamedTuple):
-    """What to do with the run folder: ``"new"``, ``"resume"`` or ``"overwrite"``."""
+    """What to do with the run folder: ``"new"``, ``"resume"``, ``"extend"`` (resume a run whose
+    ``outer_steps`` was raised) or ``"overwrite"``; ``cfg`` is the config the run must use (``None``:
+    the one given), which for an extended run carries its schedule history."""
 
     action: str
     run_dir: str
+    cfg: dict | None = None
 
 
 def _read_run_config(run_dir: str) -> dict | None:
@@ -361,6 +383,10 @@ def plan_run_dir(cfg: dict, *, resume: bool = False, fresh: bool = False) -> Pla
 
     - no folder (or an empty one): a new run (``--resume`` then is an error);
     - a run folder of the same config: resume from its newest valid checkpoint (the default);
+    - a run folder of the same config but a larger ``outer_steps``: extend it, resuming where it
+      stopped; the steps it had taken keep the outer learning rate of the length they were taken
+      under (recorded in ``outer.schedule_history``), the steps after follow the new length. A
+      smaller ``outer_steps`` is refused;
     - a run folder of a different config: an error unless ``fresh`` (start over, deleting it);
     - a folder that is not a run folder: always an error (nothing is deleted that we did not write).
 
@@ -383,14 +409,37 @@ def plan_run_dir(cfg: dict, *, resume: bool = False, fresh: bool = False) -> Pla
                           f"(no {CONFIG_FILE}); choose another run_dir")
     if fresh:
         return Plan("overwrite", run_dir)
-    diff = describe_difference(semantic(saved), semantic(cfg))
+    diff = describe_difference(trajectory(saved), trajectory(cfg))
     if diff is not None:
         raise ConfigError(f"run_dir: {run_dir!r} was made by a different config ({diff}); "
                           "use --fresh to start over or choose another run_dir")
+    cfg = _continued(saved, cfg)
     for step, diff in checkpoints.foreign_checkpoints(run_dir, semantic(cfg)):
         raise ConfigError(f"run_dir: {run_dir!r} holds the checkpoint of outer step {step} made by a "
                           f"different config ({diff}); use --fresh to start over or choose another run_dir")
-    return Plan("resume", run_dir)
+    return Plan("extend" if cfg["outer_steps"] > saved["outer_steps"] else "resume", run_dir, cfg)
+
+
+def _continued(saved: dict, cfg: dict) -> dict:
+    """``cfg`` with the schedule history that keeps the saved run's steps as they were taken."""
+    run_dir = cfg["run_dir"]
+    old, new = saved["outer_steps"], cfg["outer_steps"]
+    if new < old:
+        raise ConfigError(f"outer_steps: the run in {run_dir!r} is {old} outer steps long and can be "
+                          f"extended, not shortened, got {new}; use --fresh to start over or choose "
+                          "another run_dir")
+    saved_history = [list(e) for e in saved["outer"].get("schedule_history") or []]
+    history = list(saved_history)
+    taken = max((step for step, _ in checkpoints.list_checkpoints(run_dir)), default=0)
+    if new > old and taken > 0:
+        as_is = dict(cfg, outer={**cfg["outer"], "schedule_history": history})
+        if schedule_difference(saved, as_is, taken) is not None:
+            history = history + [[taken, old]]
+    given = cfg["outer"]["schedule_history"]
+    if given not in ([], saved_history, history):
+        raise ConfigError(f"outer.schedule_history: the run in {run_dir!r} has {history!r}, got "
+                          f"{given!r} (the run folder keeps it; leave it out)")
+    return dict(cfg, outer={**cfg["outer"], "schedule_history": history})
 
 
 def theta_metadata(built: Built, outer_step: int) -> dict:
@@ -453,8 +502,9 @@ def _theta_problem(built: Built, theta: Any, outer_step: int) -> str | None:
         return f"it did not verify: {_first_line(e)}"
     if meta.get("outer_step") != outer_step:
         return f"it held outer step {meta.get('outer_step')}"
-    if lopt != built.lopt or describe_difference(semantic(meta.get("run_config") or {}),
-                                                 checkpoints.as_json(semantic(built.cfg))):
+    recorded = meta.get("run_config")
+    if lopt != built.lopt or not isinstance(recorded, dict) or run_difference(
+            checkpoints.as_json(recorded), checkpoints.as_json(built.cfg), outer_step):
         return "it was made by a different config"
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(theta)):
         if np.asarray(a).tobytes() != np.asarray(b).tobytes():
@@ -576,7 +626,7 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
     main = sharding.is_main_process()
     state, step_key = _initial_state(built)
     start = 0
-    if plan.action == "resume":
+    if plan.action in ("resume", "extend"):
         restored = checkpoints.restore_latest(run_dir, state, expected_config=semantic(cfg))
         if restored is not None:
             start, state = restored

@@ -13,7 +13,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-AXIS = "pop"
+from metaopt.meta.truncation import POP_AXIS
+
+__all__ = [
+    "AXIS", "wants_distributed", "maybe_initialize_distributed", "make_mesh", "replicated",
+    "population_sharded", "place_on_mesh", "is_main_process",
+]
+
+# The estimators' population axis: the mesh must carry the name they shard over.
+AXIS = POP_AXIS
 
 # Any of these set means the launcher asks for a multi-process run.
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

@@ -9,6 +9,8 @@ names.
 
 import os
 
+__all__ = ["SUBPACKAGES", "extend_path"]
+
 SUBPACKAGES = ("tasks", "meta_train", "evaluate", "configs")
 
 

@@ -40,6 +40,12 @@ import numpy as np
 
 from metaopt import learned_optimizer as _lo
 
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST_DIGEST", "MANIFEST", "ARRAYS",
+    "LEARNED_OPTIMIZER", "RUN_SUBFOLDERS", "CheckpointError", "manifest_digest", "save_tree",
+    "parse_manifest", "load_tree", "shipped_path", "resolve_path", "save", "load", "load_metadata", "load_kind",
+]
+
 PyTree = Any
 
 FORMAT = "metaopt-checkpoint"

@@ -34,6 +34,12 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "FACTORED_DECAYS", "Accumulators", "feature_names",
+    "accumulator_dtype", "init_accumulators", "update_accumulators", "tensor_features", "RANK1_GROUPS",
+    "feature_axis", "factored_vector_features", "feature_inv_rms", "normalize_features",
+]
+
 PyTree = Any
 
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
@@ -223,7 +229,8 @@ def tensor_features(names: Sequence[str], p: jax.Array, g: jax.Array, momentum: 
         return jnp.zeros((0,) + g.shape, jnp.float32)
 
     # Every feature is its own array expression (stacked at the end): XLA fuses these into tight
-    # elementwise loops, about 3x faster on CPU than stacking whole groups and concatenating them.
+    # elementwise loops, where stacking whole groups and concatenating them made it materialise
+    # every broadcast and branch per element (figures: docs/PERFORMANCE.md, "features one array each").
     rsqrt = functools.partial(_rsqrt, eps=eps, eps_root=eps_root)
 
     def bias_correction(decay):

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import jax
 import optax
 
+__all__ = ["register", "lookup", "LearnedOptimizer"]
+
 PyTree = Any
 
 _REGISTRY: dict[str, type["LearnedOptimizer"]] = {}

@@ -28,6 +28,8 @@ from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
 from metaopt.mup import adam_multipliers, check_multipliers, resolve_param_meta
 
+__all__ = ["BASES", "LearnedScheduleState", "LearnedSchedule"]
+
 PyTree = Any
 
 BASES = ("adamw", "adam", "sgd")

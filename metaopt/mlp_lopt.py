@@ -34,16 +34,16 @@ from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
 from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, unwrap
 
-PyTree = Any
+__all__ = ["MLPLOpt"]
 
-MLPLOptState = feat.Accumulators
+PyTree = Any
 
 # Parameter entries per block of a large matrix on CPU; see ``MLPLOpt._matrix_step``.
 _ROW_CHUNK = 32768
 # Matrices with at least this many entries get their own pass (``MLPLOpt._matrix_step``); smaller
-# tensors are batched into one, which is faster for them: a width-128 MLP's training step (its
-# 128 x 128 and 40 x 128 matrices batched) takes 1.007 ms against 1.137 ms with them in the matrix
-# pass, and meta-training populations (one member at a time) run 8-12% faster.
+# tensors are batched into one, which is faster for them, both for a single small model's training
+# step and for meta-training populations run one member at a time (figures: docs/PERFORMANCE.md,
+# "the feature pass and the matrix pass").
 _MATRIX_MIN_SIZE = 2 * _ROW_CHUNK
 
 

@@ -24,6 +24,11 @@ import optax
 
 from metaopt import checkpoint
 
+__all__ = [
+    "WEIGHTS_PACKAGE", "PretrainedInfo", "info", "list_pretrained", "load_pretrained", "pretrained",
+    "package_run", "main",
+]
+
 WEIGHTS_PACKAGE = "metaopt.pretrained_weights"
 
 

@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 
+__all__ = ["InnerTask"]
+
 PyTree = Any
 
 

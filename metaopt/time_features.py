@@ -27,6 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "FRACTION_CENTERS", "STEP_TIMESCALES", "NUM_FRACTION_FEATURES", "NUM_STEP_FEATURES",
+    "check_num_steps", "fraction_trained", "horizon_feature", "fraction_features", "step_features",
+    "num_time_features", "time_features",
+]
+
 FRACTION_CENTERS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 STEP_TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 

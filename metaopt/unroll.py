@@ -15,6 +15,8 @@ import optax
 
 from metaopt.task_protocol import InnerTask
 
+__all__ = ["InnerState", "init_inner_state", "inner_step", "unroll", "train"]
+
 PyTree = Any
 
 

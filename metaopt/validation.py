@@ -12,6 +12,9 @@ import numbers
 from typing import Any, Optional, Sequence
 
 
+__all__ = ["check_int", "check_bool", "check_number", "check_decays", "check_choice"]
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

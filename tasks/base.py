@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 
 from metaopt.mup import ParamMeta  # noqa: F401  (re-exported for task authors)
+
+__all__ = ["ParamMeta", "Task", "TaskFamily"]
 
 PyTree = Any
 
@@ -93,14 +95,3 @@ class TaskFamily(abc.ABC):
     def shape_key(self, config: Any) -> Any:
         """Configs with equal shape keys build tasks with identical shapes (vmappable together)."""
         return dataclasses.replace(config, seed=0) if hasattr(config, "seed") else config
-
-    def group_by_shape(self, configs: Sequence[Any]) -> list[list[Any]]:
-        """Splits ``configs`` into groups of equal ``shape_key``, in order of first appearance.
-
-        A meta-training step runs each group as one vmapped population (one compiled program per
-        group) instead of compiling one program per config.
-        """
-        groups: dict[Any, list[Any]] = {}
-        for config in configs:
-            groups.setdefault(self.shape_key(config), []).append(config)
-        return list(groups.values())

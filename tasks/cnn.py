@@ -26,6 +26,8 @@ from metaopt.tasks import data, nn, normalizers
 from metaopt.tasks.base import Task
 from metaopt.tasks.family import ConfigFamily
 
+__all__ = ["IMAGE_SIZE", "NUM_CLASSES", "CNNConfig", "CNNTask", "CNNDigitsFamily"]
+
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
 

@@ -10,6 +10,11 @@ import math
 import numbers
 from typing import Any, Sequence
 
+__all__ = [
+    "ACTIVATIONS", "PARAMETRIZATIONS", "check_int", "check_positive", "check_choice", "check_bool",
+    "check_width", "check_seed",
+]
+
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 PARAMETRIZATIONS = ("mup", "sp")
 

@@ -29,6 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "MNIST1D_NUM_SAMPLES", "MNIST1D_HELDOUT_FRACTION", "DIGITS_HELDOUT_FRACTION", "EVAL_CAP",
+    "NUM_CLASSES", "CORPUS_MAX_BYTES", "CORPUS_VALID_FRACTION", "Split", "Corpus", "cache_dir",
+    "mnist1d_path", "load_mnist1d", "mnist1d_split", "digits_split", "DATASETS", "classification_split",
+    "stdlib_files", "stdlib_corpus",
+]
+
 MNIST1D_NUM_SAMPLES = 5000
 MNIST1D_HELDOUT_FRACTION = 0.2
 DIGITS_HELDOUT_FRACTION = 0.2

@@ -23,6 +23,8 @@ import numpy as np
 
 from metaopt.tasks.base import Task, TaskFamily
 
+__all__ = ["config_to_dict", "key_to_seed", "ConfigFamily"]
+
 # Plural keyword arguments and the config field each one sets.
 _PLURALS = {
     "width_multipliers": "width_multiplier",
@@ -164,7 +166,7 @@ class ConfigFamily(TaskFamily):
         return dataclasses.replace(self._default, **picks)
 
     def sample_many(self, key: Any, num_configs: int) -> list[Any]:
-        """``num_configs`` configs drawn independently (group them with ``group_by_shape``)."""
+        """``num_configs`` configs drawn independently (configs with equal ``shape_key`` share shapes)."""
         keys = jax.random.split(key, num_configs) if not isinstance(key, (int, np.integer)) else [
             key * 1_000_003 + i for i in range(num_configs)]
         return [self.sample(k) for k in keys]

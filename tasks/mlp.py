@@ -24,6 +24,9 @@ from metaopt.tasks.base import Task
 from metaopt.tasks.family import ConfigFamily
 
 
+__all__ = ["MLPConfig", "MLPTask", "MLPMNIST1DFamily", "MLPDigitsFamily"]
+
+
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
     """An MLP classification task.

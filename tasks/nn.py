@@ -27,6 +27,11 @@ import jax.numpy as jnp
 
 from metaopt import mup
 
+__all__ = [
+    "ACTIVATIONS", "normal", "readout_init", "readout_scale", "layer_name", "mlp_sizes", "mlp_init",
+    "mlp_roles", "mlp_apply", "matmul_flops", "mup_output_mult", "param_meta_from", "cross_entropy",
+]
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "gelu": jax.nn.gelu,

@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+__all__ = ["WORST", "classification", "regression", "log_ratio"]
+
 WORST = 1.5
 
 

@@ -28,6 +28,8 @@ from metaopt.tasks import normalizers
 from metaopt.tasks.base import Task
 from metaopt.tasks.family import ConfigFamily
 
+__all__ = ["MAX_ROTATED_DIM", "QuadraticConfig", "QuadraticTask", "QuadraticFamily"]
+
 MAX_ROTATED_DIM = 4096
 
 

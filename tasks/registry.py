@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from metaopt.tasks.base import TaskFamily
 
+__all__ = ["register_family", "get_family", "list_families"]
+
 _FAMILIES: dict[str, Callable[..., TaskFamily]] = {}
 
 

@@ -25,6 +25,8 @@ from metaopt.tasks import nn, normalizers
 from metaopt.tasks.base import Task
 from metaopt.tasks.family import ConfigFamily
 
+__all__ = ["NUM_EVAL", "TeacherStudentConfig", "TeacherStudentTask", "TeacherStudentFamily"]
+
 NUM_EVAL = 1024
 _NUM_PROBE = 4096
 

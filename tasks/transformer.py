@@ -29,6 +29,8 @@ from metaopt.tasks import data, nn, normalizers
 from metaopt.tasks.base import Task
 from metaopt.tasks.family import ConfigFamily
 
+__all__ = ["VOCAB_SIZE", "LMConfig", "sinusoidal_positions", "LMTask", "LMStdlibFamily"]
+
 VOCAB_SIZE = 256
 
 

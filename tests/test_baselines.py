@@ -12,7 +12,7 @@ from metaopt import baselines, mup, schedules
 from metaopt.unroll import train
 
 NUM_STEPS = 60
-GOOD_LR = {"adamw": 1e-2, "muadam": 1e-2, "lion": 3e-3, "sgdm": 5e-2}
+GOOD_LR = {"adamw": 1e-2, "muadam": 1e-2, "lion": 3e-3, "sgdm": 5e-2, "muon": 2e-2}
 
 
 class TinyRegression:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import metaopt
+from metaopt.baselines import LR_RANGES
 from metaopt.evaluate import cells as cells_lib
 from metaopt.evaluate import cli, evaluate_suite, list_suites, load_suite, stats, store, suites, tuning
 
@@ -119,6 +120,12 @@ def test_shipped_suites_and_overrides():
     width = load_suite("width_transfer")
     assert width["values"] == [1, 2, 4, 8, 16, 32] and width["horizon_factor"] == 5
     assert sorted(width["baselines"]) == ["adamw", "lion", "muadam", "sgdm"]
+    # One learning-rate grid: every suite's default grids are the library's LR_RANGES.
+    for name in list_suites():
+        for bname, spec in load_suite(name)["baselines"].items():
+            assert spec["grid"] == list(LR_RANGES[bname]), (name, bname)
+    assert load_suite("width_transfer", ["baselines=[muon]"])["baselines"]["muon"]["grid"] == list(
+        LR_RANGES["muon"])
     assert load_suite("horizon_transfer")["values"] == [1, 5, 10, 25]
     assert load_suite("depth_transfer")["values"] == [1, 2, 4, 8]
     got = load_suite("width_transfer", ["baselines=[adamw, lion]", "baselines.adamw.grid=[1e-3, 1]",

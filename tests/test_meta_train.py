@@ -9,12 +9,15 @@ import glob
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -148,6 +151,30 @@ def test_bad_input_exits_2_and_leaves_run_folder_byte_identical(reference_run, t
     assert folder_digest(run_dir) == before
 
 
+@pytest.mark.parametrize("key", ["horizon", "eval_every", "std", "loss_clip", "unroll_length"])
+def test_estimator_keys_no_estimator_has_are_refused(tiny_config, tmp_path, capsys, key):
+    run_dir = tmp_path / "run"
+    status = cli.main(["--config", str(tiny_config), f"run_dir={run_dir}", f"estimator.{key}=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert err[0].startswith(f"error: estimator.{key}: unknown key for estimator 'pes'; allowed: "
+                             "['name', 'num_tasks', 'truncation_length'"), err[0]
+    assert not run_dir.exists()
+
+
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    status = cli.main(["--config", str(tiny_config), f"run_dir={run_dir}", "outer_steps=30",
+                       "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert status == 0 and not run_dir.exists()
+    cfg = config_lib.resolve(dict(TINY, outer_steps=30, run_dir=str(run_dir)))
+    assert printed == run_lib.build(cfg).cfg
+    # Every setting is spelled out, defaults included.
+    assert printed["outer_steps"] == 30 and printed["estimator"]["remat"] is True
+    assert "eps" in printed["lopt"]
+
+
 def test_run_folder_of_another_config_is_refused(reference_run, tiny_config, capsys, env, tmp_path):
     run_dir, _ = reference_run
     before = folder_digest(run_dir)
@@ -173,6 +200,58 @@ def test_run_folder_of_another_config_is_refused(reference_run, tiny_config, cap
     assert (other / "keep.txt").read_text() == "mine"
     with pytest.raises(config_lib.ConfigError, match="--resume: no run folder"):
         run_lib.plan_run_dir(config_lib.resolve(dict(TINY, run_dir=str(tmp_path / "none"))), resume=True)
+
+
+def test_schedule_difference_names_the_first_step_whose_learning_rate_changes():
+    cosine = config_lib.resolve(dict(TINY, outer_steps=10))
+    longer = config_lib.resolve(dict(TINY, outer_steps=20))
+    # Warm-up (2 steps) and the step where the cosine starts do not depend on the length.
+    assert config_lib.schedule_difference(cosine, longer, 3) is None
+    assert config_lib.schedule_difference(cosine, longer, 4) == (
+        "outer_steps: outer step 3 took its learning rate from a schedule of 10 steps, not 20")
+    extended = config_lib.resolve(dict(TINY, outer_steps=20, outer=dict(TINY["outer"],
+                                                                          schedule_history=[[10, 10]])))
+    assert config_lib.schedule_difference(cosine, extended, 10) is None
+    assert config_lib.schedule_horizon(extended, 9) == 10 and config_lib.schedule_horizon(extended, 10) == 20
+    constant = config_lib.resolve(dict(TINY, outer_steps=10, outer={"learning_rate": 1e-2}))
+    assert config_lib.schedule_difference(constant, dict(constant, outer_steps=99), 10) is None
+    # The extended schedule is the old one before step 10 and the new one from there.
+    old = run_lib.make_outer_schedule(cosine["outer"], 10)
+    new = run_lib.make_outer_schedule(longer["outer"], 20)
+    both = run_lib.make_outer_schedule(extended["outer"], 20)
+    for t in (0, 5, 9, 10, 15):
+        assert float(both(t)) == float((old if t < 10 else new)(t))
+    with pytest.raises(config_lib.ConfigError, match=r"^outer\.schedule_history\[0\]"):
+        config_lib.resolve(dict(TINY, outer_steps=10, outer=dict(TINY["outer"], schedule_history=[[5, 12]])))
+
+
+def test_a_finished_run_is_extended_by_raising_outer_steps(reference_run, tiny_config, env, tmp_path, capsys):
+    run_dir = tmp_path / "extended"
+    shutil.copytree(reference_run[0], run_dir)
+    before = folder_digest(run_dir)
+    # Shortening it, or changing what its steps compute, is refused and touches nothing.
+    for args, start in ((["outer_steps=20"], "error: outer_steps: the run in"),
+                        (["outer_steps=27", "estimator.sigma=0.02"],
+                         "error: run_dir: '" + str(run_dir) + "' was made by a different config "
+                         "(estimator.sigma: 0.01 -> 0.02)")):
+        assert cli.main(["--config", str(tiny_config), f"run_dir={run_dir}", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(start), err
+        assert folder_digest(run_dir) == before
+    extended = run_cli(env, tiny_config, f"run_dir={run_dir}", "outer_steps=27")
+    assert extended.returncode == 0, extended.stderr
+    assert "extending tiny" in extended.stderr
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["outer_steps"] == 27 and saved["outer"]["schedule_history"] == [[24, 24]]
+    # The extended run is exactly the run its config.yaml describes, run in one go.
+    fresh = tmp_path / "fresh"
+    one_go = run_cli(env, tiny_config, f"run_dir={fresh}", "outer_steps=27",
+                     "outer.schedule_history=[[24, 24]]")
+    assert one_go.returncode == 0, one_go.stderr
+    assert_same_theta(metaopt.load(run_dir)[1], metaopt.load(fresh)[1])
+    # Running the same command again resumes the extended run (its history is kept).
+    again = run_cli(env, tiny_config, f"run_dir={run_dir}", "outer_steps=27")
+    assert again.returncode == 0 and "finished at outer step 27/27" in again.stderr, again.stderr
 
 
 # ---------------------------------------------------------------- the run folder
@@ -281,6 +360,48 @@ def test_shipped_configs_build(name):
     assert cfg["name"] == name
     built = run_lib.build(cfg)
     assert built.trainer.num_steps >= 1 and len(built.tasks) >= 1
+
+
+def _former_outer_schedule(peak, warmup, final, outer_steps):
+    """The outer schedule meta_train used before it came from metaopt.schedules, written out."""
+    decay_steps = max(outer_steps - warmup, 1)
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = peak * jnp.minimum((count + 1.0) / max(warmup, 1), 1.0)
+        if final is None:
+            return warm
+        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
+        cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(count < warmup, warm, cosine)
+
+    return schedule
+
+
+@pytest.mark.parametrize("name", ["quickstart", "mulo_mlp", "schedule_tbptt", "constant"])
+def test_outer_schedule_is_bit_identical_to_the_former_one(name):
+    if name == "constant":
+        cfg = config_lib.resolve(dict(TINY, outer={"learning_rate": 3e-3, "warmup_steps": 5}))
+    else:
+        cfg = config_lib.load_config(os.path.join(CONFIGS, f"{name}.yaml"))
+    o, steps = cfg["outer"], cfg["outer_steps"]
+    new = jax.jit(run_lib.make_outer_schedule(o, steps))
+    old = jax.jit(_former_outer_schedule(o["learning_rate"], o["warmup_steps"], o["final_learning_rate"],
+                                         steps))
+    counts = range(0, steps, max(1, steps // 400))
+    got = np.array([new(np.int32(t)) for t in counts])
+    want = np.array([old(np.int32(t)) for t in counts])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"outer_steps": 4, "outer": {"warmup_steps": 5}}, "outer.warmup_steps: must be <= outer_steps (4)"),
+    ({"outer": {"learning_rate": 1e-3, "final_learning_rate": 1e-2}},
+     "outer.final_learning_rate: must be <= outer.learning_rate"),
+])
+def test_outer_schedule_fields_are_checked_together(override, message):
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+        config_lib.resolve(dict(TINY, **override))
 
 
 def test_sp_and_mup_configs_differ_only_in_parametrization():

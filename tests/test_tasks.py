@@ -105,9 +105,9 @@ def test_distribution_grouping_and_width_replacement():
     configs = family.sample_many(jax.random.key(0), 12)
     assert {c.width for c in configs} == {64, 128}
     assert all(c.depth == 3 and c.activation == "relu" for c in configs)
-    groups = family.group_by_shape(configs)
-    assert len(groups) == 2 and sum(len(g) for g in groups) == 12
-    assert {g[0].width for g in groups} == {c.width for c in family.shape_configs()} == {64, 128}
+    shapes = {family.shape_key(c) for c in configs}
+    assert len(shapes) == 2
+    assert {s.width for s in shapes} == {c.width for c in family.shape_configs()} == {64, 128}
 
     config = family.make_config(width_multiplier=1)
     wide = dataclasses.replace(config, width_multiplier=16)

@@ -8,7 +8,7 @@ from metaopt.meta.full_es import ESConfig, ESGroupState, EvolutionStrategy
 from metaopt.meta.meta_loss import worst_meta_loss
 from metaopt.meta.pes import PES
 from metaopt.meta.tbptt import TBPTT
-from metaopt.meta.trainer import ESTIMATORS, MetaState, MetaTrainer, make_meta_trainer
+from metaopt.meta.trainer import ESTIMATORS, MetaState, MetaTrainer, estimator_settings, make_meta_trainer
 from metaopt.meta.truncated_es import TruncatedES
 from metaopt.meta.truncation import RunState, TruncationConfig, sample_horizon
 
@@ -26,6 +26,7 @@ __all__ = [
     "TBPTT",
     "TruncatedES",
     "TruncationConfig",
+    "estimator_settings",
     "make_meta_trainer",
     "sample_horizon",
     "worst_meta_loss",

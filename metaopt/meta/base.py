@@ -23,6 +23,8 @@ from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.meta import truncation
 from metaopt.task_protocol import InnerTask
 
+__all__ = ["EstimatorState", "GradientEstimator", "zero_nonfinite", "masked_mean"]
+
 PyTree = Any
 
 

@@ -34,6 +34,11 @@ from metaopt.meta import truncation
 from metaopt.task_protocol import InnerTask
 from metaopt.unroll import init_inner_state
 
+__all__ = [
+    "STRATEGIES", "ANTITHETIC_STRATEGIES", "FITNESS", "FITNESS_SHAPINGS", "OPTIMIZERS", "ESConfig",
+    "ESGroupState", "pairwise_fitness_shaping_fn", "EvolutionStrategy",
+]
+
 PyTree = Any
 
 STRATEGIES = ("open_es", "pgpe", "snes", "cma_es")

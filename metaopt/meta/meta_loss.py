@@ -20,6 +20,11 @@ import jax.numpy as jnp
 
 from metaopt.task_protocol import InnerTask
 
+__all__ = [
+    "META_LOSSES", "REDUCTIONS", "DEFAULT_MAX_META_LOSS", "worst_meta_loss", "normalized",
+    "tree_all_finite", "check_meta_loss_options",
+]
+
 PyTree = Any
 
 META_LOSSES = ("train", "eval")

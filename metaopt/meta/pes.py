@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from metaopt.meta import base, truncation
 from metaopt.task_protocol import InnerTask
 
+__all__ = ["sample_perturbations", "PES"]
+
 PyTree = Any
 
 

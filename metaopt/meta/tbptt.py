@@ -22,6 +22,8 @@ from metaopt.meta import base, truncation
 from metaopt.meta.meta_loss import tree_all_finite
 from metaopt.task_protocol import InnerTask
 
+__all__ = ["TBPTT"]
+
 PyTree = Any
 
 

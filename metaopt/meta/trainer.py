@@ -33,6 +33,11 @@ from metaopt.meta.tbptt import TBPTT
 from metaopt.meta.truncated_es import TruncatedES
 from metaopt.task_protocol import InnerTask
 
+__all__ = [
+    "GRADIENT_ESTIMATORS", "ESTIMATORS", "DEFAULT_OUTER_LEARNING_RATE", "MetaState", "MetaTrainer",
+    "make_meta_trainer",
+]
+
 PyTree = Any
 
 GRADIENT_ESTIMATORS = {"tbptt": TBPTT, "pes": PES, "truncated_es": TruncatedES}
@@ -163,6 +168,17 @@ class MetaTrainer:
         return state.theta
 
 
+def estimator_settings(estimator: str) -> tuple[str, ...]:
+    """The settings (keyword arguments of ``make_meta_trainer``) the named estimator takes.
+
+    Raises:
+      ValueError: for an unknown estimator.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: got {estimator!r}, expected one of {ESTIMATORS}")
+    return _config_fields(full_es.ESConfig if estimator == "es" else truncation.TruncationConfig)
+
+
 def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[InnerTask], *,
                       outer_optimizer: Optional[optax.GradientTransformation] = None, mesh=None,
                       **estimator_kwargs) -> MetaTrainer:
@@ -195,11 +211,11 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
     if mesh is not None and tuple(mesh.axis_names) != (truncation.POP_AXIS,):
         raise ValueError(f"mesh: expected a 1-D mesh with axis name {truncation.POP_AXIS!r}, "
                          f"got axes {tuple(mesh.axis_names)}")
-    config_cls = full_es.ESConfig if estimator == "es" else truncation.TruncationConfig
-    allowed = _config_fields(config_cls)
+    allowed = estimator_settings(estimator)
     unknown = sorted(set(estimator_kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown setting for estimator {estimator!r}; allowed: {list(allowed)}")
+    config_cls = full_es.ESConfig if estimator == "es" else truncation.TruncationConfig
     config = config_cls(**estimator_kwargs)
     if estimator == "es":
         est = full_es.EvolutionStrategy(lopt, config, mesh)

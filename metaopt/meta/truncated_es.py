@@ -18,6 +18,9 @@ from __future__ import annotations
 from metaopt.meta.pes import PES
 
 
+__all__ = ["TruncatedES"]
+
+
 class TruncatedES(PES):
     """Antithetic ES over truncations, without PES's accumulated perturbations."""
 

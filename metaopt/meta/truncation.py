@@ -40,6 +40,12 @@ from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.task_protocol import InnerTask
 from metaopt.unroll import InnerState, init_inner_state, inner_step
 
+__all__ = [
+    "HORIZON_SAMPLINGS", "POP_AXIS", "TruncationConfig", "RunState", "round_horizon", "sample_horizon",
+    "tree_where", "shard_population", "replicate", "MEMBER_BATCH", "map_population", "run_segment",
+    "fresh_run", "slot_keys", "init_runs", "truncation", "slot_any", "advance_runs",
+]
+
 PyTree = Any
 
 HORIZON_SAMPLINGS = ("constant", "log_uniform")
@@ -163,8 +169,8 @@ def replicate(tree: PyTree, mesh) -> PyTree:
 
 
 # Members of a population run in groups of this many, one group after another, on CPU. One member
-# at a time is fastest with the learned optimizer's batched feature pass: 1501 inner steps/s against
-# 1172 in groups of 4 on the reference PES configuration (width-128 MLPs), alternated in one process.
+# at a time is fastest with the learned optimizer's batched feature pass (figures:
+# docs/PERFORMANCE.md, "the feature pass and the matrix pass").
 MEMBER_BATCH = 1
 
 
