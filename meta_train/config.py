@@ -398,9 +398,6 @@ def resolve(raw: dict) -> dict:
     if o["final_learning_rate"] is not None and o["final_learning_rate"] > o["learning_rate"]:
         raise ConfigError(f"outer.final_learning_rate: must be <= outer.learning_rate "
                           f"({o['learning_rate']!r}), got {o['final_learning_rate']!r}")
-    if o["warmup_steps"] > cfg["outer_steps"]:
-        raise ConfigError(f"outer.warmup_steps: must be <= outer_steps ({cfg['outer_steps']}), "
-                          f"got {o['warmup_steps']}")
     return cfg
 
 

@@ -70,6 +70,8 @@ def make_outer_schedule(outer: dict, outer_steps: int) -> optax.Schedule:
     final = outer["final_learning_rate"]
 
     def of_length(length: int) -> optax.Schedule:
+        # A run shorter than its warm-up (a short trial) takes warm-up steps only.
+        length = max(length, warmup)
         if final is None:
             return make_schedule("constant", peak, length, warmup, warmup_from_zero=False)
         return make_schedule("cosine", peak, length, warmup, final_fraction=float(final) / peak,

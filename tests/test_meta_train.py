@@ -395,7 +395,6 @@ def test_outer_schedule_is_bit_identical_to_the_former_one(name):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"outer_steps": 4, "outer": {"warmup_steps": 5}}, "outer.warmup_steps: must be <= outer_steps (4)"),
     ({"outer": {"learning_rate": 1e-3, "final_learning_rate": 1e-2}},
      "outer.final_learning_rate: must be <= outer.learning_rate"),
 ])
