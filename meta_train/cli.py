@@ -3,7 +3,7 @@
 Usage::
 
     python -m meta_train --config configs/quickstart.yaml [key=value ...] [--resume | --fresh]
-                         [--max-outer-steps-this-run N] [--no-progress]
+                         [--max-outer-steps-this-run N] [--no-progress] [--processes N]
 
 Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``); they may come before or
 after the flags. Running again into an existing run folder of the same config continues it from its
@@ -11,6 +11,12 @@ newest valid checkpoint; a folder made by a different config is refused unless `
 ``--overwrite``) is given, and a folder another live process is running in is always refused. Any bad
 input prints one line ``error: FIELD: ...`` on stderr and exits with status 2 before anything is
 created or written.
+
+``--processes N`` starts N processes of this program on this machine as one job (see
+``metaopt.meta_train.launch``). Started by another launcher (``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or a SLURM or Open MPI job of several tasks), the program
+joins that job; process 0 alone locks and writes the run folder. When a process of the job stops,
+the others exit with status 3 and one line saying so; running the same command again resumes.
 """
 
 from __future__ import annotations
@@ -38,17 +44,27 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-outer-steps-this-run", type=int, default=None, metavar="N",
                         help="stop after N outer steps (writing a checkpoint); run again to continue")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="run as a job of N processes on this machine (each with its own devices)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the program; returns the exit status (0 done, 2 bad input)."""
+    """Runs the program; returns the exit status (0 done, 2 bad input; 3: a process of the job died)."""
     from metaopt.meta_train.config import ConfigError, load_config
 
     try:
         args = make_parser().parse_intermixed_args(argv)
     except SystemExit as e:  # the parser's one-line error (or --help): a status, not an exception
         return e.code if isinstance(e.code, int) else 2
+    if args.processes is not None:
+        from metaopt.meta_train import launch
+
+        if args.processes < 1:
+            print(f"error: --processes: expected a positive int, got {args.processes}", file=sys.stderr)
+            return 2
+        forwarded = launch.without_processes_flag(sys.argv[1:] if argv is None else list(argv))
+        return launch.launch_local(forwarded, args.processes)
     if args.max_outer_steps_this_run is not None and args.max_outer_steps_this_run < 1:
         print(f"error: --max-outer-steps-this-run: expected a positive int, got "
               f"{args.max_outer_steps_this_run}", file=sys.stderr)
@@ -70,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    import jax
+
     from metaopt.meta_train.lock import RunLock
 
+    main_process = sharding.is_main_process()
     lock = None
-    if sharding.is_main_process():
+    if main_process:
         # The plan above was made without the lock; it is made again under it, since another
         # process may have changed the folder in between.
         lock = RunLock(plan.run_dir)
@@ -84,16 +103,31 @@ def main(argv: list[str] | None = None) -> int:
             _undo_lock(lock)
             print(f"error: {e}", file=sys.stderr)
             return 2
+    # Every process has decided from the folder as it was, before process 0 starts writing it.
+    sharding.barrier("planned")
+    if main_process:
         verb = {"new": "starting", "resume": "resuming", "overwrite": "starting over"}[plan.action]
-        print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s)",
+        where = f" in {jax.process_count()} processes" if sharding.is_distributed() else ""
+        print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s){where}",
               file=sys.stderr)
     try:
         result = run_mod.run(built, plan, max_outer_steps_this_run=args.max_outer_steps_this_run,
                              progress=not args.no_progress, lock=lock)
+    except Exception as e:  # noqa: BLE001 (in a job, any failure must end this process at once)
+        if not sharding.is_distributed():
+            raise
+        text = str(e).strip().splitlines()
+        detail = text[0] if text else type(e).__name__
+        if isinstance(e, jax.errors.JaxRuntimeError):
+            # A collective with a process that died fails here first (its connections close).
+            sharding.abort_job(f"lost another process of the job ({detail})")
+        # Leaving by an exception would wait in JAX's exit handler for the processes still running.
+        sharding.abort_job(f"{type(e).__name__}: {detail}")
     finally:
         if lock is not None:
             lock.release()
-    if sharding.is_main_process():
+    sharding.finish()
+    if main_process:
         status = "finished" if result.finished else "paused"
         print(f"{status} at outer step {result.outer_step}/{cfg['outer_steps']}; "
               f"theta in {plan.run_dir}/theta", file=sys.stderr)
