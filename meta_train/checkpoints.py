@@ -10,6 +10,11 @@ verifies is used, and one that fails verification (a save killed half-way, a cor
 Every checkpoint records the config that made it (the part that decides the computation, seed
 included); one made by another config is never resumed from (``foreign_checkpoints`` lets the
 program refuse such a folder before it writes anything).
+
+In a job of several processes every process takes part in a save: orbax writes each array's shards
+from the process that holds them (one copy of a replicated array), process 0 then adds the manifest
+and renames the folder into place. The folder is the same format as a single process writes, whole
+arrays by key path, so a job with any number of processes restores it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import os
 import re
 import shutil
 import sys
+import uuid
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
@@ -85,13 +92,31 @@ def from_savable(tree: Any, template: Any) -> Any:
 
 
 def place_like(tree: Any, template: Any) -> Any:
-    """Puts every leaf of ``tree`` on the devices and with the sharding of ``template``'s leaf."""
+    """Puts every leaf of ``tree`` on the devices and with the sharding of ``template``'s leaf.
+
+    In a multi-process job every process holds the whole of each leaf and builds its own shards
+    of the global array from it (``jax.make_array_from_callback``).
+    """
+    if jax.process_count() > 1:
+        return jax.tree.map(_place_global, tree, template)
+
     def put(x, like):
         sharding = getattr(like, "sharding", None)
         x = jax.numpy.asarray(x, dtype=like.dtype) if not _is_key(like) else x
         return jax.device_put(x, sharding) if sharding is not None else x
 
     return jax.tree.map(put, tree, template)
+
+
+def _place_global(x: Any, like: Any) -> jax.Array:
+    """One leaf as a global array laid out like ``like``, from this process's whole copy ``x``."""
+    if _is_key(like):
+        data = np.asarray(jax.random.key_data(x))
+        sharding = jax.random.key_data(like).sharding
+        placed = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(like))
+    host = np.asarray(x, dtype=like.dtype)
+    return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
 
 
 def as_json(value: Any) -> Any:
@@ -137,17 +162,75 @@ def save(run_dir: str, step: int, state: Any, metadata: dict, keep: int = 2,
          before_commit: Optional[Callable[[], None]] = None) -> str:
     """Writes the checkpoint of outer step ``step`` and deletes all but the newest ``keep``.
 
-    ``before_commit`` is passed to ``metaopt.checkpoint.save_tree``.
+    ``before_commit`` is passed to ``metaopt.checkpoint.save_tree`` (in a multi-process job, called
+    on process 0). In a multi-process job every process must call ``save`` (a collective); only
+    process 0 touches the folder outside orbax's own writes.
     """
     from metaopt.checkpoint import save_tree
 
     path = step_path(run_dir, step)
-    os.makedirs(checkpoint_root(run_dir), exist_ok=True)
-    save_tree(path, to_savable(state), dict(metadata, outer_step=int(step)), overwrite=True,
-              before_commit=before_commit)
-    for _, old in list_checkpoints(run_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    metadata = dict(metadata, outer_step=int(step))
+    if jax.process_count() > 1:
+        _save_collective(path, to_savable(state), metadata, before_commit)
+    else:
+        os.makedirs(checkpoint_root(run_dir), exist_ok=True)
+        save_tree(path, to_savable(state), metadata, overwrite=True, before_commit=before_commit)
+    if jax.process_index() == 0:
+        for _, old in list_checkpoints(run_dir)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _save_collective(path: str, tree: Any, metadata: dict,
+                     before_commit: Optional[Callable[[], None]] = None) -> None:
+    """``metaopt.checkpoint.save_tree``'s format, written by every process of the job together.
+
+    All processes agree on one temporary folder (named by process 0), orbax's multi-process save
+    writes the arrays into it (each shard once, by a process that holds it), and process 0 writes
+    the manifest (structure, shapes, dtypes, checksums of every file, its own digest) and renames
+    the folder into place; the last barrier returns once the checkpoint is complete.
+    """
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+
+    from metaopt import checkpoint as ckpt
+
+    token = multihost_utils.broadcast_one_to_all(np.frombuffer(uuid.uuid4().bytes, np.uint32))
+    final = Path(path).absolute()
+    tmp = final.parent / f".{final.name}.tmp-{''.join(f'{int(x):08x}' for x in np.asarray(token))}"
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    records, arrays = [], {}
+    for i, (key_path, leaf) in enumerate(leaves):
+        name = f"leaf_{i:06d}"
+        records.append({"path": jax.tree_util.keystr(key_path), "kind": "array", "shape": list(leaf.shape),
+                        "dtype": str(leaf.dtype), "name": name})
+        arrays[name] = leaf
+    if jax.process_index() == 0:
+        tmp.mkdir(parents=True)
+    multihost_utils.sync_global_devices(f"metaopt:checkpoint:{final.name}:{tmp.name}:start")
+    ocp.PyTreeCheckpointer().save(tmp / ckpt.ARRAYS, arrays)
+    if jax.process_index() == 0:
+        manifest = {
+            "format": ckpt.FORMAT,
+            "format_version": ckpt.FORMAT_VERSION,
+            "metadata": ckpt._to_json(metadata, "metadata"),
+            "structure": ckpt._encode(tree, [0]),
+            "leaves": records,
+            "files": ckpt._checksums(tmp),
+        }
+        manifest[ckpt.MANIFEST_DIGEST] = ckpt.manifest_digest(manifest)
+        partial = tmp / (ckpt.MANIFEST + ".partial")
+        with open(partial, "w") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, tmp / ckpt.MANIFEST)
+        if before_commit is not None:
+            before_commit()
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    multihost_utils.sync_global_devices(f"metaopt:checkpoint:{final.name}:{tmp.name}:done")
 
 
 def restore_latest(run_dir: str, template: Any, expected_config: Optional[dict] = None

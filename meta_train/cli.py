@@ -4,7 +4,7 @@ Usage::
 
     python -m meta_train --config configs/quickstart.yaml [key=value ...] [--resume | --fresh]
                          [--max-outer-steps-this-run N] [--no-progress] [--no-compilation-cache]
-                         [--print-config]
+                         [--print-config] [--processes N]
 
 Dotted keys set nested fields (``estimator.num_tasks=4 outer_steps=20``); they may come before or
 after the flags. Running again into an existing run folder of the same config continues it from its
@@ -16,6 +16,12 @@ Compiled programs are kept in jax's persistent compilation cache (``metaopt.comp
 a second run of the same config starts without compiling again.
 ``--print-config`` prints the resolved config, as the run folder's ``config.yaml``
 would hold it, and exits 0 without writing anything.
+
+``--processes N`` starts N processes of this program on this machine as one job (see
+``metaopt.meta_train.launch``). Started by another launcher (``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or a SLURM or Open MPI job of several tasks), the program
+joins that job; process 0 alone locks and writes the run folder. When a process of the job stops,
+the others exit with status 3 and one line saying so; running the same command again resumes.
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (YAML, every setting spelled out) and exit "
                              "without touching the run folder")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="run as a job of N processes on this machine (each with its own devices)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the program; returns the exit status (0 done, 2 bad input)."""
+    """Runs the program; returns the exit status (0 done, 2 bad input; 3: a process of the job died)."""
     from metaopt import compilation_cache
     from metaopt.meta_train.config import ConfigError, load_config
 
@@ -63,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         args = make_parser().parse_intermixed_args(argv)
     except SystemExit as e:  # the parser's one-line error (or --help): a status, not an exception
         return e.code if isinstance(e.code, int) else 2
+    if args.processes is not None:
+        from metaopt.meta_train import launch
+
+        if args.processes < 1:
+            print(f"error: --processes: expected a positive int, got {args.processes}", file=sys.stderr)
+            return 2
+        forwarded = launch.without_processes_flag(sys.argv[1:] if argv is None else list(argv))
+        return launch.launch_local(forwarded, args.processes)
     compilation_cache.enable(not args.no_compilation_cache)
     compile_meter = compilation_cache.CompileMeter()
     if args.max_outer_steps_this_run is not None and args.max_outer_steps_this_run < 1:
@@ -93,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    import jax
+
     from metaopt.meta_train.lock import RunLock
 
+    main_process = sharding.is_main_process()
     lock = None
-    if sharding.is_main_process():
+    if main_process:
         # The plan above was made without the lock; it is made again under it, since another
         # process may have changed the folder in between.
         lock = RunLock(plan.run_dir)
@@ -108,17 +127,32 @@ def main(argv: list[str] | None = None) -> int:
             _undo_lock(lock)
             print(f"error: {e}", file=sys.stderr)
             return 2
+    # Every process has decided from the folder as it was, before process 0 starts writing it.
+    sharding.barrier("planned")
+    if main_process:
         verb = {"new": "starting", "resume": "resuming", "extend": "extending",
                 "overwrite": "starting over"}[plan.action]
-        print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s)",
+        where = f" in {jax.process_count()} processes" if sharding.is_distributed() else ""
+        print(f"{verb} {cfg['name']} in {plan.run_dir} on {built.mesh.devices.size} device(s){where}",
               file=sys.stderr)
     try:
         result = run_mod.run(built, plan, max_outer_steps_this_run=args.max_outer_steps_this_run,
                              progress=not args.no_progress, lock=lock)
+    except Exception as e:  # noqa: BLE001 (in a job, any failure must end this process at once)
+        if not sharding.is_distributed():
+            raise
+        text = str(e).strip().splitlines()
+        detail = text[0] if text else type(e).__name__
+        if isinstance(e, jax.errors.JaxRuntimeError):
+            # A collective with a process that died fails here first (its connections close).
+            sharding.abort_job(f"lost another process of the job ({detail})")
+        # Leaving by an exception would wait in JAX's exit handler for the processes still running.
+        sharding.abort_job(f"{type(e).__name__}: {detail}")
     finally:
         if lock is not None:
             lock.release()
-    if sharding.is_main_process():
+    sharding.finish()
+    if main_process:
         status = "finished" if result.finished else "paused"
         print(f"{status} at outer step {result.outer_step}/{cfg['outer_steps']}; "
               f"theta in {plan.run_dir}/theta; {compile_meter.seconds:.1f}s compiling", file=sys.stderr)

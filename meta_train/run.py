@@ -459,23 +459,17 @@ def theta_metadata(built: Built, outer_step: int) -> dict:
     }
 
 
-def _to_host(tree: Any) -> Any:
-    """The whole of every array on this host (a collective: every process must call it)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return tree
-
-
 def save_checkpoint(built: Built, state: Any, outer_step: int) -> None:
-    """Writes the training checkpoint and refreshes ``RUN_DIR/theta`` (process 0 only)."""
-    state = _to_host(checkpoints.to_savable(state))
-    if not sharding.is_main_process():
-        return
+    """Writes the training checkpoint and refreshes ``RUN_DIR/theta``.
+
+    In a multi-process job every process calls it (the checkpoint is written by all of them
+    together); ``RUN_DIR/theta`` is written by process 0 alone, from its copy of the replicated theta.
+    """
     run_dir = built.cfg["run_dir"]
     checkpoints.save(run_dir, outer_step, state, {"config": semantic(built.cfg)},
                      before_commit=lambda: faults.point("checkpoint", outer_step))
+    if not sharding.is_main_process():
+        return
     _save_theta(built, jax.device_get(built.trainer.theta(state)), outer_step)
 
 
@@ -636,7 +630,7 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
             print(f"warning: no checkpoint in {checkpoints.checkpoint_root(run_dir)} verified; "
                   "starting again from outer step 0", file=sys.stderr)
     if start > 0:
-        theta = jax.device_get(_to_host(built.trainer.theta(state)))
+        theta = jax.device_get(built.trainer.theta(state))  # replicated: whole on every process
         if main:
             problem = _theta_problem(built, theta, start)
             if problem is not None:
@@ -652,6 +646,7 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(dump(cfg))
         os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+    sharding.barrier("run folder ready")
 
     total = cfg["outer_steps"]
     end = total if max_outer_steps_this_run is None else min(total, start + max_outer_steps_this_run)

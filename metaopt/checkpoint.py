@@ -210,10 +210,21 @@ _CHECKPOINTER = None
 
 
 def _checkpointer():
+    """orbax's checkpointer for whole host arrays, written and read by the calling process alone.
+
+    In a job of several processes a checkpoint of this module is still one process's file
+    operation (process 0 writes a run's ``theta/``), so orbax must not wait for the others.
+    """
     global _CHECKPOINTER
     if _CHECKPOINTER is None:
         import orbax.checkpoint as ocp
-        _CHECKPOINTER = ocp.PyTreeCheckpointer()
+        if jax.process_count() > 1:
+            me = jax.process_index()
+            alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+            _CHECKPOINTER = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone),
+                                             multiprocessing_options=alone)
+        else:
+            _CHECKPOINTER = ocp.PyTreeCheckpointer()
     return _CHECKPOINTER
 
 
