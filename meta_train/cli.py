@@ -79,20 +79,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         forwarded = launch.without_processes_flag(sys.argv[1:] if argv is None else list(argv))
         return launch.launch_local(forwarded, args.processes)
-    compilation_cache.enable(not args.no_compilation_cache)
-    compile_meter = compilation_cache.CompileMeter()
     if args.max_outer_steps_this_run is not None and args.max_outer_steps_this_run < 1:
         print(f"error: --max-outer-steps-this-run: expected a positive int, got "
               f"{args.max_outer_steps_this_run}", file=sys.stderr)
         return 2
     try:
+        from metaopt.meta_train import sharding
+
+        sharding.maybe_initialize_distributed()  # before anything starts jax's backend
         cfg = load_config(args.config, args.overrides)
         from metaopt.meta_train import run as run_mod
-        from metaopt.meta_train import sharding
 
         # Every value is judged (by the task family, learned optimizer and estimator too) before
         # the run folder is looked at, so an error names the bad value rather than the folder.
-        sharding.maybe_initialize_distributed()
+        compilation_cache.enable(not args.no_compilation_cache)
+        compile_meter = compilation_cache.CompileMeter()
         built = run_mod.build(cfg)
         cfg = built.cfg
         if args.print_config:

@@ -47,7 +47,10 @@ from typing import Any
 
 import yaml
 
-from metaopt.meta.trainer import ESTIMATORS, estimator_settings
+# The estimators' names; ``metaopt.meta.trainer.ESTIMATORS`` is the same tuple (a test checks it).
+# The trainer is imported only where a config is resolved: importing it imports evosax, which
+# starts jax's backend, and a multi-process job must join before that happens.
+ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
 
 __all__ = [
     "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "DEFAULTS", "MAX_STEPS",
@@ -362,6 +365,8 @@ def resolve(raw: dict) -> dict:
     cfg["lopt"] = lopt
 
     est = dict(_plain(_mapping(raw.get("estimator", DEFAULTS["estimator"]), "estimator"), "estimator"))
+    from metaopt.meta.trainer import estimator_settings
+
     est["name"] = _str(est.get("name", "pes"), "estimator.name", ESTIMATORS)
     allowed = estimator_settings(est["name"])
     for key in est:

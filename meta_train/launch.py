@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+__all__ = ["GRACE_S", "free_port", "launch_local", "process_env", "without_processes_flag"]
+
 # How long the processes that are still running get to stop on their own after one of them
 # failed (they notice the lost peer within the heartbeat timeout) before they are killed.
 GRACE_S = 120.0
@@ -99,5 +101,7 @@ def launch_local(argv: list[str], num_processes: int) -> int:
         for p in procs:
             p.wait()
         return 130
+    if failed is None:  # every process may have ended between two looks
+        failed = next((p for p in procs if p.returncode != 0), None)
     code = failed.returncode if failed is not None else 0
     return code if code >= 0 else 128 - code

@@ -23,7 +23,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from metaopt.meta.truncation import POP_AXIS
 
 __all__ = [
     "AXIS", "wants_distributed", "maybe_initialize_distributed", "make_mesh", "replicated",
@@ -31,7 +30,10 @@ __all__ = [
 ]
 
 # The estimators' population axis: the mesh must carry the name they shard over.
-AXIS = POP_AXIS
+# The estimators' population axis (``metaopt.meta.truncation.POP_AXIS``; a test checks they agree).
+# It is not imported from there: importing ``metaopt.meta`` imports evosax, which starts jax's backend,
+# and a multi-process job must join before that.
+AXIS = "pop"
 
 # The environment of a multi-process launch that names its coordinator itself.
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

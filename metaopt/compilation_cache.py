@@ -24,6 +24,8 @@ from typing import Optional
 
 import jax
 
+__all__ = ["ENV_SWITCH", "MIN_COMPILE_TIME_S", "CompileMeter", "default_cache_dir", "enable", "requested_dir"]
+
 ENV_SWITCH = "METAOPT_COMPILATION_CACHE"
 _OFF = ("0", "off", "false", "no", "none", "")
 _ON = ("1", "on", "true", "yes")

@@ -40,6 +40,8 @@ from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
 from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, unwrap
 
+__all__ = ["DEFAULT_FEATURES", "LeanLOpt"]
+
 PyTree = Any
 
 DEFAULT_FEATURES = ("param", "grad", "momentum_over_rms_0.9", "momentum_over_rms_0.99",

@@ -235,3 +235,14 @@ def test_killed_process_stops_the_job_which_resumes_to_the_same_theta(pes_two_pr
     steps = [yaml.safe_load(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "meta_loss" in line]
     assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_mesh_axis_is_the_estimators_population_axis():
+    from metaopt.meta.truncation import POP_AXIS
+
+    assert sharding.AXIS == POP_AXIS
+
+
+def test_launcher_reports_bad_input_of_its_processes():
+    status = launch.launch_local(["--config", QUICKSTART, "--no-progress", "outer_steps=abc"], 2)
+    assert status == 2

@@ -431,3 +431,10 @@ def test_quickstart_runs_end_to_end(env, tmp_path):
     assert isinstance(lopt, metaopt.MLPLOpt)
     lopt.check_theta(theta)
     assert ckpt_lib.load_metadata(run_dir)["task"]["family"] == "mlp_mnist1d"
+
+
+def test_config_names_the_trainers_estimators():
+    from metaopt.meta.trainer import ESTIMATORS
+    from metaopt.meta_train import config
+
+    assert config.ESTIMATORS == ESTIMATORS
