@@ -50,6 +50,8 @@ from typing import Any, Optional
 
 import yaml
 
+from metaopt.config_yaml import ConfigLoader
+
 from metaopt.baselines import LR_RANGES
 
 __all__ = [
@@ -158,7 +160,7 @@ def read_suite(suite: str) -> dict:
         text = shipped[suite].read_text()
         where = suite
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or ""
         if "duplicate key" in problem:
@@ -167,25 +169,6 @@ def read_suite(suite: str) -> dict:
     if not isinstance(data, dict) or not data.get("suite"):
         raise ValueError(f"suite: {where} is not an evaluation suite (no top-level 'suite:' name)")
     return data
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping repeating a key (plain loaders keep the last one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                continue
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {seen[key] + 1} and line "
-                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
 
 
 def _merge(base: dict, update: dict, path: tuple[str, ...]) -> dict:

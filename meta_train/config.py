@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from metaopt.config_yaml import ConfigLoader
+
 # The estimators' names; ``metaopt.meta.trainer.ESTIMATORS`` is the same tuple (a test checks it).
 # The trainer is imported only where a config is resolved: importing it imports evosax, which
 # starts jax's backend, and a multi-process job must join before that happens.
@@ -109,40 +111,10 @@ class ConfigError(ValueError):
     """A bad config value; the message is one line that starts with the dotted field name."""
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` (no dot) as a float, as people write it, and
-    refuses a mapping that repeats a key (plain YAML loaders silently keep the last value)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                continue  # the base class reports unhashable keys
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {seen[key] + 1} and line "
-                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                  |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
 def parse_yaml(text: str, where: str) -> Any:
     """Parses YAML text safely; raises ``ConfigError`` naming ``where`` on a syntax error."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None)
         if problem and "duplicate key" in problem:
