@@ -76,7 +76,8 @@ def launch_local(argv: list[str], num_processes: int) -> int:
 
     Returns:
       0 when every process succeeded, else the first failing process's exit status (2 for bad
-      input, 3 for a lost process; a process ended by a signal counts as 128 + the signal).
+      input, 3 for a lost process), preferring a status a process gave itself over a process ended
+      by a signal (which counts as 128 + the signal).
     """
     port = free_port()
     command = [sys.executable, "-m", "metaopt.meta_train", *argv]
@@ -101,7 +102,10 @@ def launch_local(argv: list[str], num_processes: int) -> int:
         for p in procs:
             p.wait()
         return 130
-    if failed is None:  # every process may have ended between two looks
-        failed = next((p for p in procs if p.returncode != 0), None)
+    # A process that stopped with a status of its own (2: bad input, 3: a lost process) says why the
+    # job ended; the others may then have been ended by a signal from the collective runtime.
+    said = [p for p in procs if p.returncode > 0]
+    if failed is None or (failed.returncode < 0 and said):
+        failed = said[0] if said else next((p for p in procs if p.returncode != 0), None)
     code = failed.returncode if failed is not None else 0
     return code if code >= 0 else 128 - code
