@@ -8,6 +8,8 @@ seeds). For every learned optimizer this reports, over the cells that ran:
 - cells where any seed diverged;
 - final held-out loss within ``eval_tolerance`` (10%) of the best baseline's.
 
+Cells that did not run in every evaluation are left out and named.
+
     python -m metaopt.evaluate.compare --baselines docs/results/width5x_mulo-mlp \\
         mulo-v3=runs/mulo-v3-eval/width_transfer mulo-mlp=docs/results/width5x_mulo-mlp \\
         --reference muadam --out docs/results/width5x_compare
@@ -43,23 +45,24 @@ def _cell_key(cell: dict) -> tuple:
     return cell["name"], cell.get("num_steps"), tuple(cell.get("seeds") or ())
 
 
-def merge(baselines: dict, learned: dict[str, dict]) -> tuple[list[dict], list[str], list[str]]:
+def merge(baselines: dict, learned: dict[str, dict]) -> tuple[list[dict], list[str], list[str], list[str]]:
     """Cells holding the baselines of ``baselines`` and each ``learned[name]``'s learned optimizer.
 
-    Returns ``(cells, learned_names, baseline_names)``. A cell missing from a learned evaluation, or
-    run with other steps or seeds, is an error naming the cell.
+    Returns ``(cells, learned_names, baseline_names, left_out)``: a cell that did not run in every
+    evaluation is left out (and named in ``left_out``); one run with other steps or seeds is an
+    error naming the cell.
     """
     base_names = [n for n in report.optimizer_names(baselines["cells"]) if n != "learned"]
-    by_key = {name: {c["name"]: c for c in res["cells"]} for name, res in learned.items()}
-    cells = []
+    by_key = {name: {c["name"]: c for c in res["cells"] if c.get("status") == "done"}
+              for name, res in learned.items()}
+    cells, left_out = [], []
     for cell in baselines["cells"]:
-        if cell.get("status") != "done":
+        if cell.get("status") != "done" or any(cell["name"] not in c for c in by_key.values()):
+            left_out.append(cell["name"])
             continue
         opts = {n: cell["optimizers"][n] for n in base_names if n in cell["optimizers"]}
         for name, cells_of in by_key.items():
-            other = cells_of.get(cell["name"])
-            if other is None or other.get("status") != "done":
-                raise ValueError(f"{name}: cell {cell['name']} did not run in that evaluation")
+            other = cells_of[cell["name"]]
             if _cell_key(other) != _cell_key(cell):
                 raise ValueError(f"{name}: cell {cell['name']} ran {other.get('num_steps')} steps on seeds "
                                  f"{other.get('seeds')}, the baselines {cell.get('num_steps')} on {cell.get('seeds')}")
@@ -67,7 +70,9 @@ def merge(baselines: dict, learned: dict[str, dict]) -> tuple[list[dict], list[s
                 raise ValueError(f"{name}: cell {cell['name']} has no learned optimizer")
             opts[name] = other["optimizers"]["learned"]
         cells.append({**cell, "optimizers": opts})
-    return cells, list(learned), base_names
+    if not cells:
+        raise ValueError("learned: no cell ran in every evaluation")
+    return cells, list(learned), base_names, left_out
 
 
 def target_summary(cells: list[dict], learned_names: list[str], base_names: list[str],
@@ -96,11 +101,14 @@ def target_summary(cells: list[dict], learned_names: list[str], base_names: list
 
 
 def markdown(cells: list[dict], learned_names: list[str], base_names: list[str], summary: dict,
-             reference: str, eval_tolerance: float, axis: str, sources: dict[str, str]) -> str:
+             reference: str, eval_tolerance: float, axis: str, sources: dict[str, str],
+             left_out: Sequence[str] = ()) -> str:
     """Tables of final training and held-out loss, and the summary against the baselines."""
     names = learned_names + base_names
     lines = ["# Learned optimizers against tuned baselines", ""]
     lines += [f"- `{n}`: {src}" for n, src in sources.items()]
+    if left_out:
+        lines.append(f"- left out (not run in every evaluation): {', '.join(left_out)}")
     lines += ["", "Means ± half-width of the 95% t-interval over seeds; best mean in bold.", "",
               "## Final training loss", "", *report._loss_table(cells, names, "final_train_loss", axis),
               "", "## Final held-out loss", "", *report._loss_table(cells, names, "final_eval_loss", axis),
@@ -141,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sources = _parse_learned(args.learned)
         base = load_results(args.baselines)
         learned = {name: load_results(folder) for name, folder in sources.items()}
-        cells, learned_names, base_names = merge(base, learned)
+        cells, learned_names, base_names, left_out = merge(base, learned)
         summary = target_summary(cells, learned_names, base_names, args.reference, args.eval_tolerance)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -149,11 +157,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     axis = base.get("suite_config", {}).get("axis", "width")
     os.makedirs(args.out, exist_ok=True)
     text = markdown(cells, learned_names, base_names, summary, args.reference, args.eval_tolerance, axis,
-                    {**sources, "baselines": args.baselines})
+                    {**sources, "baselines": args.baselines}, left_out)
     store.atomic_write_text(os.path.join(args.out, "compare.md"), text)
     store.atomic_write_json(os.path.join(args.out, "compare.json"), report.to_jsonable(
         {"sources": sources, "baselines": args.baselines, "reference": args.reference,
-         "eval_tolerance": args.eval_tolerance, "summary": summary}))
+         "eval_tolerance": args.eval_tolerance, "left_out": left_out, "summary": summary}))
     if not args.no_plots:
         from metaopt.evaluate import plots
         names = learned_names + base_names

@@ -39,14 +39,15 @@ def folders(tmp_path):
 
 def test_summary_counts_wins_divergence_and_held_out(folders):
     _, base, new = folders
-    cells, learned, baselines = compare.merge(compare.load_results(base), {"new": compare.load_results(new)})
-    assert learned == ["new"] and baselines == ["muadam", "adamw"]
+    cells, learned, baselines, left_out = compare.merge(compare.load_results(base),
+                                                        {"new": compare.load_results(new)})
+    assert left_out == [] and learned == ["new"] and baselines == ["muadam", "adamw"]
     assert cells[0]["optimizers"]["new"]["final_train_loss"]["mean"] == 0.9
     summary = compare.target_summary(cells, learned, baselines, "muadam")
     assert summary["new"] == {"cells": 2, "train_at_or_below_reference": 1, "diverged_cells": 1,
                               "eval_within_tolerance": 1}
     # The baselines' own learned optimizer can be listed too, and against adamw the counts change.
-    cells, learned, baselines = compare.merge(compare.load_results(base), {"old": compare.load_results(base)})
+    cells, learned, baselines, _ = compare.merge(compare.load_results(base), {"old": compare.load_results(base)})
     assert compare.target_summary(cells, learned, baselines, "adamw")["old"]["train_at_or_below_reference"] == 0
 
 
@@ -66,4 +67,9 @@ def test_main_writes_tables_and_refuses_mismatched_cells(folders, capsys):
     assert compare.main(["--baselines", base, f"new={new}", "--reference", "sgd", "--out", str(tmp / "c3")]) == 2
     assert "reference: 'sgd'" in capsys.readouterr().err
     assert compare.main(["--baselines", base, "new", "--out", str(tmp / "c4")]) == 2
+    # An evaluation of fewer cells is read on the cells it has; the rest are named.
+    part = _results(tmp / "part", [("w1", 1, {"learned": _opt(0.5, 1.0)})])
+    assert compare.main(["--baselines", base, f"part={part}", "--out", str(tmp / "c5"), "--no-plots"]) == 0
+    text = (tmp / "c5" / "compare.md").read_text()
+    assert "left out (not run in every evaluation): w2" in text and "| part | 1/1 | 0/1 | 1/1 |" in text
     assert not (tmp / "cmp2").exists() or not (tmp / "cmp2" / "compare.md").exists()
