@@ -418,21 +418,6 @@ def test_sp_and_mup_configs_differ_only_in_parametrization():
     assert mup == sp
 
 
-def test_quickstart_runs_end_to_end(env, tmp_path):
-    run_dir = tmp_path / "quickstart"
-    proc = run_cli(env, os.path.join(CONFIGS, "quickstart.yaml"), f"run_dir={run_dir}", "outer_steps=3")
-    assert proc.returncode == 0, proc.stderr
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints", "theta"):
-        assert (run_dir / name).exists(), name
-    assert glob.glob(str(run_dir / "events.out.tfevents.*"))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 3 and np.isfinite(records[-1]["meta_loss"])
-    lopt, theta = metaopt.load(run_dir)
-    assert isinstance(lopt, metaopt.MLPLOpt)
-    lopt.check_theta(theta)
-    assert ckpt_lib.load_metadata(run_dir)["task"]["family"] == "mlp_mnist1d"
-
-
 def test_config_names_the_trainers_estimators():
     from metaopt.meta.trainer import ESTIMATORS
     from metaopt.meta_train import config
