@@ -1,135 +1,125 @@
-"""Training checkpoints of a run folder: save every N outer steps, keep the last few, resume.
+"""Training checkpoints of a run folder, kept by orbax's ``CheckpointManager``.
 
 A checkpoint is the whole ``MetaState`` (theta, outer optimizer state, estimator states such as PES
-accumulators and inner states, the outer step) written with ``metaopt.checkpoint.save_tree``, which is
-atomic and checksummed. The randomness of outer step t is ``fold_in(step_key, t)`` with ``step_key``
-derived from the config's seed, so the state and the step are all a resumed run needs.
+accumulators and inner states, the outer step) plus a record ``{"outer_step", "config"}`` naming
+the config that made it (the part that decides the computation, seed included). The randomness of
+outer step t is ``fold_in(step_key, t)`` with ``step_key`` derived from the config's seed, so the
+state and the step are all a resumed run needs.
 
-Layout: ``RUN_DIR/checkpoints/step_00000050/`` and so on; on resume the newest checkpoint that loads and
-verifies is used, and one that fails verification (a save killed half-way, a corrupted file) is skipped.
-Every checkpoint records the config that made it (the part that decides the computation, seed
-included); one made by another config is never resumed from (``foreign_checkpoints`` lets the
-program refuse such a folder before it writes anything).
-
-In a job of several processes every process takes part in a save: orbax writes each array's shards
-from the process that holds them (one copy of a replicated array), process 0 then adds the manifest
-and renames the folder into place. The folder is the same format as a single process writes, whole
-arrays by key path, so a job with any number of processes restores it.
+Layout: ``RUN_DIR/checkpoints/step_00000050/`` with the items ``state/`` (orbax arrays, written by
+every process of a job, each shard once) and ``record/`` (JSON), and ``checksums.json``: the sha256
+of every file of the items and the digest of its own content, written by process 0 in the temporary
+folder just before orbax renames it into place. orbax keeps the newest ``keep`` steps, commits
+atomically and restores into the shardings of a template at any process count. On resume the newest
+step whose checksums, record and shapes verify is used; one that fails (a save killed half-way, a
+changed byte) is skipped with a warning. Step folders of format 1 and 2 (``manifest.json`` and
+``arrays/``, written before) are read too.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity, step as step_lib
 
-__all__ = [
-    "CHECKPOINTS", "checkpoint_root", "step_path", "list_checkpoints", "remove_partial_saves",
-    "to_savable", "from_savable", "place_like", "as_json", "foreign_checkpoints", "save",
-    "restore_latest",
-]
+from metaopt import checkpoint as ckpt
+
+__all__ = ["CHECKPOINTS", "CHECKSUMS", "checkpoint_root", "list_checkpoints", "as_json",
+           "foreign_checkpoints", "RunCheckpoints", "load_state"]
 
 CHECKPOINTS = "checkpoints"
-_NAME = re.compile(r"^step_(\d{8,})$")
+CHECKSUMS = "checksums.json"
+_ITEMS = ("state", "record")
+_RECORD_FILE = "metadata"  # the file orbax's JsonCheckpointHandler writes
+_NAMES = step_lib.standard_name_format(step_prefix="step", step_format_fixed_length=8)
 
 
-def checkpoint_root(run_dir: str) -> str:
-    return os.path.join(run_dir, CHECKPOINTS)
+def checkpoint_root(run_dir: str) -> Path:
+    return Path(run_dir).absolute() / CHECKPOINTS
 
 
-def step_path(run_dir: str, step: int) -> str:
-    return os.path.join(checkpoint_root(run_dir), f"step_{step:08d}")
+def list_checkpoints(run_dir: str) -> list[tuple[int, Path]]:
+    """(step, path) of every committed checkpoint of ``run_dir``, newest first."""
+    return sorted(((m.step, Path(m.path)) for m in _NAMES.find_all(checkpoint_root(run_dir))), reverse=True)
 
 
-def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every checkpoint folder of ``run_dir``, newest first."""
-    root = checkpoint_root(run_dir)
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        match = _NAME.match(name)
-        if match and os.path.isdir(os.path.join(root, name)):
-            found.append((int(match.group(1)), os.path.join(root, name)))
-    return sorted(found, reverse=True)
-
-
-def remove_partial_saves(run_dir: str) -> None:
-    """Deletes the temporary folders a save killed half-way leaves beside checkpoints and theta."""
-    for root in (checkpoint_root(run_dir), run_dir):
-        if not os.path.isdir(root):
-            continue
-        for name in os.listdir(root):
-            if name.startswith(".") and (".tmp-" in name or ".old-" in name):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def to_savable(tree: Any) -> Any:
-    """Replaces typed PRNG keys by their raw key data (plain integer arrays a checkpoint can hold)."""
+def _savable(tree: Any) -> Any:
+    """Typed PRNG keys replaced by their raw key data."""
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
-def from_savable(tree: Any, template: Any) -> Any:
-    """Inverse of ``to_savable``: rewraps key data where ``template`` holds typed keys."""
+def _rewrapped(tree: Any, template: Any) -> Any:
     def restore(saved, like):
-        if _is_key(like):
-            return jax.random.wrap_key_data(np.asarray(saved), impl=jax.random.key_impl(like))
-        return saved
+        return jax.random.wrap_key_data(saved, impl=jax.random.key_impl(like)) if _is_key(like) else saved
 
     return jax.tree.map(restore, tree, template)
 
 
-def place_like(tree: Any, template: Any) -> Any:
-    """Puts every leaf of ``tree`` on the devices and with the sharding of ``template``'s leaf.
+class _ChecksummedCommit(atomicity.AtomicRenameTemporaryPath):
+    """orbax's atomic rename, preceded by writing ``checksums.json`` of the items' files and a call
+    of ``before_commit`` (process 0, once the whole checkpoint is in its temporary folder)."""
 
-    In a multi-process job every process holds the whole of each leaf and builds its own shards
-    of the global array from it (``jax.make_array_from_callback``).
+    before_commit: Optional[Callable[[], None]] = None
+
+    async def finalize(self):
+        if Path(self.get_final()).name in _ITEMS:  # an item's folder inside the step's: no record
+            return await super().finalize()
+        tmp = Path(self.get())
+        files = {f"{item}/{rel}": digest for item in _ITEMS
+                 for rel, digest in ckpt.file_checksums(tmp / item).items()}
+        record = {"files": files}
+        record[ckpt.MANIFEST_DIGEST] = ckpt.manifest_digest(record)
+        (tmp / CHECKSUMS).write_text(json.dumps(record))
+        if type(self).before_commit is not None:
+            type(self).before_commit()
+        await super().finalize()
+
+
+def _verify(path: Path) -> None:
+    """Raises ``CheckpointError`` unless every file of the step folder has its recorded checksum."""
+    if (path / ckpt.MANIFEST).is_file():  # formats 1 and 2
+        ckpt.verify_files(path, ckpt.parse_manifest((path / ckpt.MANIFEST).read_bytes(), path / ckpt.MANIFEST))
+        return
+    try:
+        record = json.loads((path / CHECKSUMS).read_text())
+    except (OSError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{path}: no readable {CHECKSUMS} ({type(e).__name__})") from None
+    if not isinstance(record, dict) or record.get(ckpt.MANIFEST_DIGEST) != ckpt.manifest_digest(record):
+        raise ckpt.CheckpointError(f"{path}: corrupt {CHECKSUMS}")
+    ckpt.verify_files(path, {"files": record["files"]})
+
+
+def _read_record(path: Path) -> dict:
+    """The record of a verified step folder: ``{"outer_step", "config"}``.
+
+    Read as a file, not through orbax, whose reads are collectives of every process of a job.
     """
-    if jax.process_count() > 1:
-        return jax.tree.map(_place_global, tree, template)
-
-    def put(x, like):
-        sharding = getattr(like, "sharding", None)
-        x = jax.numpy.asarray(x, dtype=like.dtype) if not _is_key(like) else x
-        return jax.device_put(x, sharding) if sharding is not None else x
-
-    return jax.tree.map(put, tree, template)
+    if (path / ckpt.MANIFEST).is_file():
+        return ckpt.parse_manifest((path / ckpt.MANIFEST).read_bytes(), path)["metadata"]
+    return json.loads((path / "record" / _RECORD_FILE).read_text())
 
 
-def _place_global(x: Any, like: Any) -> jax.Array:
-    """One leaf as a global array laid out like ``like``, from this process's whole copy ``x``."""
-    if _is_key(like):
-        data = np.asarray(jax.random.key_data(x))
-        sharding = jax.random.key_data(like).sharding
-        placed = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
-        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(like))
-    host = np.asarray(x, dtype=like.dtype)
-    return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
-
-
-def as_json(value: Any) -> Any:
-    """``value`` as it reads back from a checkpoint's JSON metadata (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _config_difference(metadata: Any, expected: dict, step: int) -> Optional[str]:
+def _config_difference(record: Any, expected: dict, step: int) -> Optional[str]:
     """Why the checkpoint of outer step ``step`` is not a state of the run ``expected`` describes
     (an earlier length of the same run is one: see ``config.run_difference``); None when it is."""
     from metaopt.meta_train.config import run_difference
 
-    recorded = metadata.get("config") if isinstance(metadata, dict) else None
+    recorded = record.get("config") if isinstance(record, dict) else None
     if not isinstance(recorded, dict):
         return "it records no config"
     try:
@@ -139,132 +129,115 @@ def _config_difference(metadata: Any, expected: dict, step: int) -> Optional[str
 
 
 def foreign_checkpoints(run_dir: str, expected_config: dict) -> list[tuple[int, str]]:
-    """(step, first difference) of every checkpoint whose manifest verifies and records another config.
+    """(step, first difference) of every verified checkpoint that records another config.
 
-    Reads manifests only. A checkpoint whose manifest does not verify is not listed here (resume skips
-    it with a warning).
+    Reads records only, writes nothing; a checkpoint that does not verify is not listed (resume
+    skips it with a warning).
     """
-    from metaopt.checkpoint import CheckpointError, load_metadata
-
     out = []
     for step, path in list_checkpoints(run_dir):
         try:
-            metadata = load_metadata(path)
-        except (CheckpointError, ValueError):
+            _verify(path)
+            diff = _config_difference(_read_record(path), expected_config, step)
+        except Exception:  # noqa: BLE001 (unreadable: resume skips it)
             continue
-        diff = _config_difference(metadata, expected_config, step)
         if diff is not None:
             out.append((step, diff))
     return out
 
 
-def save(run_dir: str, step: int, state: Any, metadata: dict, keep: int = 2,
-         before_commit: Optional[Callable[[], None]] = None) -> str:
-    """Writes the checkpoint of outer step ``step`` and deletes all but the newest ``keep``.
-
-    ``before_commit`` is passed to ``metaopt.checkpoint.save_tree`` (in a multi-process job, called
-    on process 0). In a multi-process job every process must call ``save`` (a collective); only
-    process 0 touches the folder outside orbax's own writes.
-    """
-    from metaopt.checkpoint import save_tree
-
-    path = step_path(run_dir, step)
-    metadata = dict(metadata, outer_step=int(step))
-    if jax.process_count() > 1:
-        _save_collective(path, to_savable(state), metadata, before_commit)
-    else:
-        os.makedirs(checkpoint_root(run_dir), exist_ok=True)
-        save_tree(path, to_savable(state), metadata, overwrite=True, before_commit=before_commit)
-    if jax.process_index() == 0:
-        for _, old in list_checkpoints(run_dir)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
-    return path
+def _restore_legacy(path: Path, template: Any) -> tuple[Any, dict]:
+    """A format 1 or 2 step folder (``manifest.json``, orbax arrays named ``leaf_NNNNNN``), restored
+    into the shardings of ``template``."""
+    manifest = ckpt.parse_manifest((path / ckpt.MANIFEST).read_bytes(), path)
+    treedef = ckpt.check_template(path, manifest, template)
+    leaves = jax.tree.leaves(template)
+    names = [r["name"] for r in manifest["leaves"]]
+    args = {n: ocp.ArrayRestoreArgs(sharding=x.sharding) for n, x in zip(names, leaves)}
+    with ocp.PyTreeCheckpointer() as reader:
+        arrays = reader.restore(path / ckpt.ARRAYS, args=ocp.args.PyTreeRestore(restore_args=args))
+    return jax.tree.unflatten(treedef, [arrays[n] for n in names]), manifest["metadata"]
 
 
-def _save_collective(path: str, tree: Any, metadata: dict,
-                     before_commit: Optional[Callable[[], None]] = None) -> None:
-    """``metaopt.checkpoint.save_tree``'s format, written by every process of the job together.
-
-    All processes agree on one temporary folder (named by process 0), orbax's multi-process save
-    writes the arrays into it (each shard once, by a process that holds it), and process 0 writes
-    the manifest (structure, shapes, dtypes, checksums of every file, its own digest) and renames
-    the folder into place; the last barrier returns once the checkpoint is complete.
-    """
-    import orbax.checkpoint as ocp
-    from jax.experimental import multihost_utils
-
-    from metaopt import checkpoint as ckpt
-
-    token = multihost_utils.broadcast_one_to_all(np.frombuffer(uuid.uuid4().bytes, np.uint32))
-    final = Path(path).absolute()
-    tmp = final.parent / f".{final.name}.tmp-{''.join(f'{int(x):08x}' for x in np.asarray(token))}"
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    records, arrays = [], {}
-    for i, (key_path, leaf) in enumerate(leaves):
-        name = f"leaf_{i:06d}"
-        records.append({"path": jax.tree_util.keystr(key_path), "kind": "array", "shape": list(leaf.shape),
-                        "dtype": str(leaf.dtype), "name": name})
-        arrays[name] = leaf
-    if jax.process_index() == 0:
-        tmp.mkdir(parents=True)
-    multihost_utils.sync_global_devices(f"metaopt:checkpoint:{final.name}:{tmp.name}:start")
-    ocp.PyTreeCheckpointer().save(tmp / ckpt.ARRAYS, arrays)
-    if jax.process_index() == 0:
-        manifest = {
-            "format": ckpt.FORMAT,
-            "format_version": ckpt.FORMAT_VERSION,
-            "metadata": ckpt._to_json(metadata, "metadata"),
-            "structure": ckpt._encode(tree, [0]),
-            "leaves": records,
-            "files": ckpt._checksums(tmp),
-        }
-        manifest[ckpt.MANIFEST_DIGEST] = ckpt.manifest_digest(manifest)
-        partial = tmp / (ckpt.MANIFEST + ".partial")
-        with open(partial, "w") as f:
-            json.dump(manifest, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, tmp / ckpt.MANIFEST)
-        if before_commit is not None:
-            before_commit()
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    multihost_utils.sync_global_devices(f"metaopt:checkpoint:{final.name}:{tmp.name}:done")
-
-
-def restore_latest(run_dir: str, template: Any, expected_config: Optional[dict] = None
-                   ) -> tuple[int, Any] | None:
-    """The newest checkpoint of ``run_dir`` that verifies, as (step, state), or None.
+class RunCheckpoints:
+    """The checkpoints of one run folder.
 
     Args:
       run_dir: the run folder.
-      template: a state with the structure, shapes, dtypes and shardings the checkpoint must have
-        (a fresh ``trainer.init``); the restored state is placed like it.
-      expected_config: when given, a checkpoint must record this config (``semantic`` of the run's
-        resolved config) to be used.
+      keep: how many of the newest checkpoints to keep.
+      writable: create the folder and allow ``save`` (every process of a job constructs it).
     """
-    from metaopt.checkpoint import load_tree
 
-    savable_template = to_savable(template)
-    for step, path in list_checkpoints(run_dir):
-        try:
-            tree, metadata = load_tree(path, savable_template)
-            if int(metadata.get("outer_step", -1)) != step:
-                raise ValueError(f"records outer step {metadata.get('outer_step')}")
-            if expected_config is not None:
-                diff = _config_difference(metadata, expected_config, step)
+    def __init__(self, run_dir: str, *, keep: int = 2, writable: bool = False):
+        self.root = checkpoint_root(run_dir)
+        self._commit = type("_Commit", (_ChecksummedCommit,), {})
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, step_prefix="step", step_format_fixed_length=8, create=writable,
+            read_only=not writable, cleanup_tmp_directories=writable, save_root_metadata=False,
+            enable_async_checkpointing=False, temporary_path_class=self._commit)
+        self._manager = ocp.CheckpointManager(self.root, options=options, item_names=_ITEMS)
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def save(self, step: int, state: Any, record: dict,
+             before_commit: Optional[Callable[[], None]] = None) -> None:
+        """Writes the checkpoint of outer step ``step`` (a collective in a job of several processes);
+        steps from ``step`` on (left by a run resumed from an earlier one) are replaced."""
+        for old in self._manager.all_steps():
+            if old >= step:
+                self._manager.delete(old)
+        self._commit.before_commit = before_commit
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_savable(state)),
+            record=ocp.args.JsonSave(as_json(dict(record, outer_step=int(step))))), force=True)
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, template: Any, expected_config: Optional[dict] = None
+                       ) -> tuple[int, Any] | None:
+        """The newest checkpoint that verifies, as (step, state), or None.
+
+        Args:
+          template: a state with the structure, shapes, dtypes and shardings the checkpoint must have
+            (a fresh ``trainer.init``); the restored state is laid out like it.
+          expected_config: when given, a checkpoint must record this config (``semantic`` of the
+            run's resolved config) to be used.
+        """
+        savable = _savable(template)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), savable)
+        for step, path in list_checkpoints(str(self.root.parent)):
+            try:
+                _verify(path)
+                if (path / ckpt.MANIFEST).is_file():
+                    tree, record = _restore_legacy(path, abstract)
+                else:
+                    restored = self._manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+                    tree, record = restored.state, restored.record
+                if int(record.get("outer_step", -1)) != step:
+                    raise ValueError(f"records outer step {record.get('outer_step')}")
+                diff = None if expected_config is None else _config_difference(record, expected_config, step)
                 if diff is not None:
                     raise ValueError(f"made by a different config ({diff})")
-            exp_def, got_def = jax.tree.structure(savable_template), jax.tree.structure(tree)
-            if exp_def != got_def:
-                raise ValueError("state structure differs from this config's")
-            for want, got in zip(jax.tree.leaves(savable_template), jax.tree.leaves(tree)):
-                if tuple(np.shape(want)) != tuple(np.shape(got)):
-                    raise ValueError(f"array of shape {np.shape(got)} where {np.shape(want)} is expected")
-        except Exception as e:  # noqa: BLE001 (any failure means: not a usable checkpoint)
-            print(f"warning: skipping checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                  file=sys.stderr)
-            continue
-        return step, place_like(from_savable(tree, template), template)
-    return None
+                if jax.tree.structure(tree) != jax.tree.structure(savable):
+                    raise ValueError("state structure differs from this config's")
+                for want, got in zip(jax.tree.leaves(savable), jax.tree.leaves(tree)):
+                    if tuple(np.shape(want)) != tuple(np.shape(got)):
+                        raise ValueError(f"array of shape {np.shape(got)} where {np.shape(want)} is expected")
+            except Exception as e:  # noqa: BLE001 (any failure means: not a usable checkpoint)
+                text = str(e).strip().splitlines()
+                print(f"warning: skipping checkpoint {path}: {type(e).__name__}: {text[0] if text else ''}",
+                      file=sys.stderr)
+                continue
+            return step, _rewrapped(tree, template)
+        return None
+
+
+def load_state(path: Any) -> tuple[Any, dict]:
+    """The state (raw key data for PRNG keys) and record of one checkpoint folder, without a template."""
+    path = Path(path)
+    _verify(path)
+    if (path / ckpt.MANIFEST).is_file():
+        return ckpt.load_tree(path)
+    with ocp.StandardCheckpointer() as reader:
+        return reader.restore(path / "state"), _read_record(path)

@@ -459,15 +459,14 @@ def theta_metadata(built: Built, outer_step: int) -> dict:
     }
 
 
-def save_checkpoint(built: Built, state: Any, outer_step: int) -> None:
-    """Writes the training checkpoint and refreshes ``RUN_DIR/theta``.
+def save_checkpoint(built: Built, store: checkpoints.RunCheckpoints, state: Any, outer_step: int) -> None:
+    """Writes the training checkpoint into ``store`` and refreshes ``RUN_DIR/theta``.
 
     In a multi-process job every process calls it (the checkpoint is written by all of them
     together); ``RUN_DIR/theta`` is written by process 0 alone, from its copy of the replicated theta.
     """
-    run_dir = built.cfg["run_dir"]
-    checkpoints.save(run_dir, outer_step, state, {"config": semantic(built.cfg)},
-                     before_commit=lambda: faults.point("checkpoint", outer_step))
+    store.save(outer_step, state, {"config": semantic(built.cfg)},
+               before_commit=lambda: faults.point("checkpoint", outer_step))
     if not sharding.is_main_process():
         return
     _save_theta(built, jax.device_get(built.trainer.theta(state)), outer_step)
@@ -603,6 +602,13 @@ class _StallWatch:
         return None
 
 
+def _remove_partial_theta(run_dir: str) -> None:
+    """Deletes the temporary folders a save of ``RUN_DIR/theta`` killed half-way leaves beside it."""
+    for name in os.listdir(run_dir):
+        if name.startswith(f".{THETA_DIR}.") and (".tmp-" in name or ".old-" in name):
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+
+
 def _clear_run_dir(run_dir: str) -> None:
     """Deletes everything of a run folder but its lock file (``--fresh``)."""
     for name in os.listdir(run_dir):
@@ -622,11 +628,13 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
     main = sharding.is_main_process()
     state, step_key = _initial_state(built)
     start = 0
-    if plan.action in ("resume", "extend"):
-        restored = checkpoints.restore_latest(run_dir, state, expected_config=semantic(cfg))
+    if plan.action in ("resume", "extend") and checkpoints.list_checkpoints(run_dir):
+        reader = checkpoints.RunCheckpoints(run_dir)
+        restored = reader.restore_latest(state, expected_config=semantic(cfg))
+        reader.close()
         if restored is not None:
             start, state = restored
-        elif main and checkpoints.list_checkpoints(run_dir):
+        elif main:
             print(f"warning: no checkpoint in {checkpoints.checkpoint_root(run_dir)} verified; "
                   "starting again from outer step 0", file=sys.stderr)
     if start > 0:
@@ -641,12 +649,13 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
         if plan.action == "overwrite":
             _clear_run_dir(run_dir)
         os.makedirs(run_dir, exist_ok=True)
-        checkpoints.remove_partial_saves(run_dir)
+        _remove_partial_theta(run_dir)
         tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(dump(cfg))
         os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
     sharding.barrier("run folder ready")
+    store = checkpoints.RunCheckpoints(run_dir, writable=True)
 
     total = cfg["outer_steps"]
     end = total if max_outer_steps_this_run is None else min(total, start + max_outer_steps_this_run)
@@ -713,9 +722,10 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
                 interval_start = time.perf_counter()
             if done % cfg["checkpoint_every"] == 0 or done == end:
                 tic = time.perf_counter()
-                save_checkpoint(built, state, done)
+                save_checkpoint(built, store, state, done)
                 interval_start += time.perf_counter() - tic
     finally:
+        store.close()
         bar.close()
         logger.close()
     return RunResult(state, end, end == total, compiled)

@@ -19,8 +19,8 @@ nodes as dicts), loading with a template restores the template's exact pytree ty
 
 A learned optimizer checkpoint (``save`` / ``load``) adds its ``kind`` and ``config()`` to the
 metadata, so ``load`` rebuilds the optimizer object through the registry without the code that made
-it. ``load`` and ``load_metadata`` also accept a meta-training run folder and read its ``theta/``
-(or ``latest/``) subfolder.
+it. ``load`` and ``load_metadata`` also accept a folder holding one checkpoint among its subfolders
+(a meta-training run folder, whose checkpoint is ``theta/``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from metaopt import learned_optimizer as _lo
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST_DIGEST", "MANIFEST", "ARRAYS",
-    "LEARNED_OPTIMIZER", "RUN_SUBFOLDERS", "CheckpointError", "manifest_digest", "save_tree",
-    "parse_manifest", "load_tree", "shipped_path", "resolve_path", "save", "load", "load_metadata", "load_kind",
+    "LEARNED_OPTIMIZER", "CheckpointError", "manifest_digest", "file_checksums", "verify_files",
+    "check_template", "save_tree", "parse_manifest", "load_tree", "shipped_path", "resolve_path", "save", "load", "load_metadata", "load_kind",
 ]
 
 PyTree = Any
@@ -56,7 +56,6 @@ MANIFEST_DIGEST = "manifest_sha256"
 MANIFEST = "manifest.json"
 ARRAYS = "arrays"
 LEARNED_OPTIMIZER = "learned_optimizer"
-RUN_SUBFOLDERS = ("theta", "latest", os.path.join("latest", "theta"))
 
 
 class CheckpointError(ValueError):
@@ -197,7 +196,8 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _checksums(root: Path) -> dict[str, str]:
+def file_checksums(root: Path) -> dict[str, str]:
+    """The sha256 of every file under ``root``, by relative POSIX path."""
     out = {}
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
@@ -281,7 +281,7 @@ def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overw
             "metadata": metadata,
             "structure": structure,
             "leaves": records,
-            "files": _checksums(tmp),
+            "files": file_checksums(tmp),
         }
         manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
         partial = tmp / (MANIFEST + ".partial")
@@ -355,7 +355,8 @@ def parse_manifest(data: bytes, where: Any = MANIFEST) -> dict:
     return manifest
 
 
-def _verify_files(path: Path, manifest: dict) -> None:
+def verify_files(path: Path, manifest: dict) -> None:
+    """Raises ``CheckpointError`` unless every file of ``manifest["files"]`` has its checksum."""
     for rel, digest in manifest["files"].items():
         full = path / rel
         if not full.is_file():
@@ -364,7 +365,9 @@ def _verify_files(path: Path, manifest: dict) -> None:
             raise CheckpointError(f"{path}: file {rel} is corrupt or truncated (checksum mismatch)")
 
 
-def _check_template(path: Path, manifest: dict, template: PyTree) -> Any:
+def check_template(path: Path, manifest: dict, template: PyTree) -> Any:
+    """The treedef of ``template`` once its key paths, shapes, dtypes and containers match the
+    manifest's; raises ``CheckpointError`` naming the first difference."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     expected = [_template_record(jax.tree_util.keystr(p), x) for p, x in flat]
     stored = manifest["leaves"]
@@ -448,8 +451,8 @@ def load_tree(path: Any, template: PyTree = None) -> tuple[PyTree, dict]:
     """
     path = Path(path)
     manifest = _read_manifest(path)
-    _verify_files(path, manifest)
-    treedef = _check_template(path, manifest, template) if template is not None else None
+    verify_files(path, manifest)
+    treedef = check_template(path, manifest, template) if template is not None else None
     leaves = _restore_leaves(path, manifest)
     if treedef is not None:
         tree = jax.tree.unflatten(treedef, leaves)
@@ -474,11 +477,12 @@ def shipped_path(name: Any) -> Optional[Path]:
 
 
 def resolve_path(path: Any) -> Path:
-    """The checkpoint directory for ``path``: itself, a run folder's ``theta/`` or ``latest/``, or
-    the shipped learned optimizer of that name (``"mulo-mlp"``).
+    """The checkpoint directory for ``path``: itself, the one checkpoint among its visible subfolders
+    (a meta-training run folder's ``theta/``), or the shipped learned optimizer of that name
+    (``"mulo-mlp"``).
 
     Raises:
-      CheckpointError: no checkpoint manifest at ``path`` or in those subfolders.
+      CheckpointError: no checkpoint manifest at ``path``, and not exactly one in its subfolders.
     """
     shipped = shipped_path(path)
     if shipped is not None:
@@ -486,13 +490,15 @@ def resolve_path(path: Any) -> Path:
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
-    for sub in RUN_SUBFOLDERS:
-        if (path / sub / MANIFEST).is_file():
-            return path / sub
     if not path.exists():
         raise CheckpointError(f"path: no checkpoint at {path} (it does not exist)")
-    raise CheckpointError(f"path: {path} has no {MANIFEST}, nor in {list(RUN_SUBFOLDERS)} "
-                          "(not a checkpoint, or an incomplete save)")
+    # Hidden folders are saves in progress (see ``save_tree``).
+    inner = sorted(p for p in path.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()
+                   ) if path.is_dir() else []
+    if len(inner) == 1:
+        return inner[0]
+    found = f"{len(inner)} in its subfolders ({', '.join(p.name for p in inner)})" if inner else "nor in its subfolders"
+    raise CheckpointError(f"path: {path} has no {MANIFEST}, {found} (not a checkpoint, or an incomplete save)")
 
 
 def save(path: Any, lopt: _lo.LearnedOptimizer, theta: PyTree, *, metadata: Optional[dict] = None,
@@ -542,7 +548,7 @@ def load(path: Any, lopt: Optional[_lo.LearnedOptimizer] = None) -> tuple[_lo.Le
     """Loads a learned optimizer saved by ``save`` (or a meta-training run folder's latest one).
 
     Args:
-      path: a checkpoint directory, or a run folder holding ``theta/`` (or ``latest/``).
+      path: a checkpoint directory, or a folder holding one (a run folder: its ``theta/``).
       lopt: optional learned optimizer the checkpoint must match (same kind and config).
 
     Returns:

@@ -305,8 +305,8 @@ def test_kill_damaged_save_stop_and_resume_give_identical_theta(reference_run, t
     assert killed_at is not None and proc.returncode == -signal.SIGKILL
     # 2. A save cut short: the newest checkpoint loses a file, so it no longer verifies.
     newest_step, newest = run_lib.checkpoints.list_checkpoints(str(run_dir))[0]
-    array_files = sorted(p for p in glob.glob(os.path.join(newest, "**", "*"), recursive=True)
-                         if os.path.isfile(p) and "manifest.json" not in p)
+    array_files = sorted(p for p in glob.glob(os.path.join(newest, "state", "**", "*"), recursive=True)
+                         if os.path.isfile(p))
     os.remove(array_files[-1])
     # 3. Resume (the default for a run folder of the same config), stopping after 3 more steps.
     stopped = run_cli(env, tiny_config, f"run_dir={run_dir}", "--max-outer-steps-this-run", "3")

@@ -99,7 +99,7 @@ def reference(workspace, env):
 def final_record(run_dir):
     """(state leaves of the newest checkpoint, theta leaves, metrics without timings) of a run folder."""
     step, path = run_ckpts.list_checkpoints(str(run_dir))[0]
-    state, meta = ckpt_lib.load_tree(path)
+    state, meta = run_ckpts.load_state(path)
     _, theta = metaopt.load(run_dir)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
@@ -143,9 +143,9 @@ def test_kill_at_every_phase_then_resume_is_bit_identical(workspace, reference, 
             assert steps == [] and theta_step is None
         elif phase == "step":
             assert steps == [2] and theta_step == 2
-        elif phase == "checkpoint":  # killed before the rename: the step-4 save is a hidden .tmp folder
+        elif phase == "checkpoint":  # killed before the rename: the step-4 save is a temporary folder
             assert steps == [2] and theta_step == 2
-            assert any(".tmp-" in n for n in os.listdir(run_dir / "checkpoints"))
+            assert any("tmp" in n for n in os.listdir(run_dir / "checkpoints"))
         elif phase == "theta":  # the checkpoint of the last step is there, theta/ still from step 4
             assert steps == [6, 4] and theta_step == 4
         else:  # the resume that met "end" found a finished run with a stale theta/ and repaired it
@@ -154,7 +154,7 @@ def test_kill_at_every_phase_then_resume_is_bit_identical(workspace, reference, 
     status = cli.main(["--config", str(config), f"run_dir={run_dir}", "--no-progress"])
     assert status == 0
     assert read_owner(str(run_dir)) is None  # released: the lock file is empty
-    assert not [n for n in os.listdir(run_dir / "checkpoints") if n.startswith(".")]
+    assert not [n for n in os.listdir(run_dir / "checkpoints") if "tmp" in n]
     assert_bit_identical(final_record(run_dir), final_record(reference))
 
 
@@ -178,7 +178,7 @@ def test_every_checkpoint_corrupt_restarts_from_zero_and_says_so(workspace, refe
     run_dir = workspace / "all_corrupt"
     shutil.copytree(reference, run_dir)
     for _, path in run_ckpts.list_checkpoints(str(run_dir)):
-        files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(path, "arrays")) for f in fs]
+        files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(path, "state")) for f in fs]
         target = max(files, key=os.path.getsize)
         data = bytearray(open(target, "rb").read())
         data[len(data) // 2] ^= 0x01
