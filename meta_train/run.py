@@ -39,18 +39,13 @@ from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
 from metaopt.schedules import make_schedule
 
 __all__ = [
-    "CONFIG_FILE", "THETA_DIR", "make_outer_schedule", "make_outer_optimizer", "meta_num_steps",
+    "CONFIG_FILE", "THETA_DIR", "make_outer_schedule", "make_outer_optimizer",
     "Built", "build", "Plan", "plan_run_dir", "theta_metadata", "save_checkpoint", "RunResult",
     "make_step_fn", "run",
 ]
 
 CONFIG_FILE = "config.yaml"
 THETA_DIR = "theta"
-
-# Estimator arguments that give the inner horizon the learned optimizer is meta-trained for, in the
-# order they are looked for.
-_HORIZON_KEYS = ("max_horizon", "num_steps", "truncation_length")
-
 
 # ---------------------------------------------------------------- building
 
@@ -212,33 +207,6 @@ def _estimator_kwargs(est: dict) -> dict:
     return {k: v for k, v in est.items() if k != "name"}
 
 
-def _population_sizes(trainer: Any) -> list[tuple[str, int]]:
-    """The sizes of the leading axes the trainer shards over the mesh (members, PES pairs)."""
-    sizes = []
-    for owner in (trainer, getattr(trainer, "estimator", None)):
-        for attr in ("population_size", "num_pairs"):
-            value = getattr(owner, attr, None) if owner is not None else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                sizes.append((attr, value))
-    config = getattr(getattr(trainer, "estimator", None), "config", None)
-    value = getattr(config, "population_size", None)
-    if isinstance(value, int) and not isinstance(value, bool):
-        sizes.append(("population_size", value))
-    return sizes
-
-
-def meta_num_steps(trainer: Any, est: dict) -> int | None:
-    """The inner horizon the learned optimizer is meta-trained for (recorded with theta)."""
-    for attr in ("num_steps", "max_horizon", "horizon"):
-        value = getattr(trainer, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    for key in _HORIZON_KEYS:
-        if isinstance(est.get(key), int):
-            return est[key]
-    return None
-
-
 class Built(NamedTuple):
     """Everything a run needs, built from a resolved config."""
 
@@ -271,6 +239,7 @@ def build(cfg: dict) -> Built:
     kwargs = _estimator_kwargs(est)
     try:
         trainer = make_meta_trainer(est["name"], lopt, tasks, outer_optimizer=outer_optimizer,
+                                    outer_learning_rate=make_outer_schedule(cfg["outer"], cfg["outer_steps"]),
                                     mesh=mesh, **kwargs)
     except TypeError as e:
         raise ConfigError(f"estimator: {_first_line(e)}") from None
@@ -278,10 +247,9 @@ def build(cfg: dict) -> Built:
         message = _first_line(e)
         prefix = "" if message.startswith(("estimator", "devices")) else "estimator."
         raise ConfigError(f"{prefix}{message}") from None
-    for what, size in _population_sizes(trainer):
+    for what, size in trainer.estimator.population_sizes.items():
         n = mesh.devices.size
         if size % n:
-            what = {"num_pairs": "number of perturbation pairs"}.get(what, what.replace("_", " "))
             raise ConfigError(f"estimator: the {what} {size} must be a multiple of the "
                               f"number of devices {n} (change the population or set devices=)")
     _check_step_counts(trainer)
@@ -292,17 +260,8 @@ def build(cfg: dict) -> Built:
 
 def _check_step_counts(trainer: Any) -> None:
     """Refuses populations whose inner steps per outer step overflow the int32 step counters."""
-    estimator = getattr(trainer, "estimator", None)
-    config = getattr(estimator, "config", None)
-    per_step = getattr(estimator, "inner_steps_per_estimate", None)
-    length_field = "truncation_length"
-    if per_step is None and config is not None:  # whole-run ES: members x tasks x horizon
-        horizon = getattr(config, "max_horizon", None) or getattr(config, "num_steps", None)
-        members = getattr(config, "population_size", None)
-        if isinstance(horizon, int) and isinstance(members, int):
-            per_step = members * getattr(config, "num_tasks_per_member", 1) * horizon
-            length_field = "max_horizon" if getattr(config, "max_horizon", None) else "num_steps"
-    if isinstance(per_step, int) and per_step > MAX_STEPS:
+    per_step, length_field = trainer.estimator.inner_steps_per_step
+    if per_step > MAX_STEPS:
         raise ConfigError(f"estimator.{length_field}: the population takes {per_step} inner steps per "
                           f"outer step, more than the {MAX_STEPS} a step counter holds; shorten it or "
                           "shrink the population")
@@ -350,9 +309,7 @@ def _with_full_settings(cfg: dict, lopt: Any, trainer: Any) -> dict:
     """
     cfg = dict(cfg)
     cfg["lopt"] = {"kind": cfg["lopt"]["kind"], **_plain(lopt.config())}
-    settings = getattr(trainer, "config", None)
-    if isinstance(settings, dict):
-        cfg["estimator"] = {"name": cfg["estimator"]["name"], **_plain(settings)}
+    cfg["estimator"] = {"name": cfg["estimator"]["name"], **_plain(trainer.config)}
     return cfg
 
 
@@ -453,7 +410,7 @@ def theta_metadata(built: Built, outer_step: int) -> dict:
             "family_kwargs": cfg["task"]["family_kwargs"],
             "config": _config_fields(built.task_configs[0]),
         },
-        "num_steps": meta_num_steps(built.trainer, cfg["estimator"]),
+        "num_steps": built.trainer.num_steps,
         "outer_step": int(outer_step),
         "run_config": cfg,
     }
@@ -662,7 +619,6 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
     num_groups = len(built.tasks)
     logger = MetricsLogger(run_dir, start, enabled=main)
     bar = progress_bar(total, start, cfg["name"], enabled=progress and main)
-    schedule = make_outer_schedule(cfg["outer"], total)
     step_fn = make_step_fn(built, state)
     compiled: dict[int, float] = {}
     stall = _StallWatch(cfg.get("stall_steps", 10))
@@ -704,8 +660,6 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
                     record["meta_loss_avg"] = sum(losses) / len(losses)
                 inner = sum(float(m.get("inner_steps", 0.0)) for m in host)
                 record["group"] = group
-                if not getattr(built.trainer, "is_es", False):  # ES updates theta with its own rule
-                    record["outer_lr"] = float(schedule(t))
                 record["step_s"] = elapsed / len(host)
                 record["inner_steps_per_s"] = inner / elapsed
                 record["wall_s"] = time.perf_counter() - run_start

@@ -48,6 +48,39 @@ def evaluate(theta):
     return jnp.mean(jax.vmap(one)(jax.random.split(jax.random.key(123), 8)))
 
 
+def test_every_estimator_keeps_one_contract():
+    """The trainer drives gradient estimators and ES alike through ``Estimator.init``/``step``; an
+    estimator of one's own needs nothing else."""
+    import dataclasses
+
+    from metaopt.meta import Estimator, MetaTrainer
+
+    @dataclasses.dataclass(frozen=True)
+    class HalveConfig:
+        factor: float = 0.5
+
+    class Halve(Estimator):
+        name, num_steps, population_sizes, inner_steps_per_step = "halve", 1, {}, (0, "none")
+
+        def init(self, key, theta, group_keys, tasks):
+            return theta, jnp.zeros([]), tuple(jnp.zeros([], jnp.int32) for _ in tasks)
+
+        def step(self, theta, outer_state, group_state, key, task, count):
+            metrics = {"meta_loss": jnp.zeros([]), "inner_steps": jnp.zeros([], jnp.int32),
+                       "diverged": jnp.zeros([]), "count": count}
+            return jax.tree.map(lambda x: x * self.config.factor, theta), outer_state, group_state + 1, metrics
+
+    theta = LOPT.init(jax.random.key(1))
+    trainer = MetaTrainer("halve", Halve(LOPT, HalveConfig()), LOPT, [TASK], None)
+    state = trainer.init(jax.random.key(0), theta)
+    state, metrics = jax.jit(trainer.step, static_argnums=2)(state, jax.random.key(2), 0)
+    assert int(metrics["count"]) == 0 and int(state.step) == 1 and int(state.estimator_states[0]) == 1
+    for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(theta)):
+        np.testing.assert_allclose(a, b / 2)
+    for name in SETTINGS:
+        assert isinstance(make_meta_trainer(name, LOPT, [TASK], **SETTINGS[name]).estimator, Estimator)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """Per estimator: (trainer, jitted step, first state, state after a few outer steps, metrics)."""

@@ -3,7 +3,7 @@
 ``make_meta_trainer(estimator, lopt, tasks, ...)`` is the entry point; see ``metaopt.meta.trainer``.
 """
 
-from metaopt.meta.base import EstimatorState, GradientEstimator
+from metaopt.meta.base import Estimator, EstimatorState, GradientEstimator
 from metaopt.meta.full_es import ESConfig, ESGroupState, EvolutionStrategy
 from metaopt.meta.meta_loss import worst_meta_loss
 from metaopt.meta.pes import PES
@@ -16,6 +16,7 @@ __all__ = [
     "ESConfig",
     "ESGroupState",
     "ESTIMATORS",
+    "Estimator",
     "EstimatorState",
     "EvolutionStrategy",
     "GradientEstimator",

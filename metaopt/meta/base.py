@@ -1,9 +1,14 @@
-"""The interface of a meta-gradient estimator over truncated inner runs.
+"""The estimator contract, and the meta-gradient estimators over truncated inner runs.
+
+An ``Estimator`` is one rule for an outer step of meta-training, gradient-based or evolutionary:
+``init(key, theta, group_keys, tasks)`` gives theta, the outer state and one state per task group,
+and ``step(theta, outer_state, group_state, key, task, count)`` returns their new values and a dict
+of scalar metrics. Both are pure and jittable; the trainer (``metaopt.meta.trainer``) calls them
+without knowing which estimator it holds.
 
 A ``GradientEstimator`` owns the population of inner runs of one task group and, given theta,
-advances them by one truncation and returns an estimate of the meta-gradient d(meta-loss)/d(theta).
-The outer update (an optax optimizer on theta) lives in ``metaopt.meta.trainer``. Estimators are
-pure: ``init`` and ``estimate`` are jittable functions of their arguments.
+advances them by one truncation and returns an estimate of the meta-gradient d(meta-loss)/d(theta)
+(``estimate``); its ``step`` applies an optax outer optimizer to that estimate.
 
 References:
   Vicol et al., "Unbiased Gradient Estimation in Unrolled Computation Graphs with Persistent
@@ -13,17 +18,18 @@ References:
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.meta import truncation
 from metaopt.task_protocol import InnerTask
 
-__all__ = ["EstimatorState", "GradientEstimator", "zero_nonfinite", "masked_mean"]
+__all__ = ["Estimator", "EstimatorState", "GradientEstimator", "zero_nonfinite", "masked_mean"]
 
 PyTree = Any
 
@@ -41,21 +47,74 @@ class EstimatorState(NamedTuple):
     accumulator: Any
 
 
-class GradientEstimator(abc.ABC):
-    """Base class: a meta-gradient estimate from one truncation of a population of inner runs.
+class Estimator(abc.ABC):
+    """The contract of every meta-training estimator.
 
-    Args:
+    Attributes:
+      name: the estimator's name in configs.
       lopt: the learned optimizer.
-      config: ``truncation.TruncationConfig``.
+      config: the estimator's settings (a frozen dataclass).
       mesh: optional 1-D ``jax.sharding.Mesh`` (axis "pop") to split the population over.
     """
 
     name: str = ""
 
-    def __init__(self, lopt: LearnedOptimizer, config: truncation.TruncationConfig, mesh=None):
+    def __init__(self, lopt: LearnedOptimizer, config: Any, mesh=None):
         self.lopt = lopt
         self.config = config
         self.mesh = mesh
+
+    @property
+    @abc.abstractmethod
+    def num_steps(self) -> int:
+        """The (longest) inner horizon theta is meta-trained for."""
+
+    @property
+    @abc.abstractmethod
+    def population_sizes(self) -> dict[str, int]:
+        """The sizes of the leading axes split over the mesh's devices, by what they count."""
+
+    @property
+    @abc.abstractmethod
+    def inner_steps_per_step(self) -> tuple[int, str]:
+        """The most inner steps one outer step takes, summed over the population, and the setting
+        that gives the length of each run's stretch."""
+
+    @abc.abstractmethod
+    def init(self, key: jax.Array, theta: PyTree, group_keys: Sequence[jax.Array],
+             tasks: Sequence[InnerTask]) -> tuple[PyTree, Any, tuple]:
+        """The first (theta, outer state, per-group states); ``group_keys`` has one key per task."""
+
+    @abc.abstractmethod
+    def step(self, theta: PyTree, outer_state: Any, group_state: Any, key: jax.Array, task: InnerTask,
+             count: jax.Array) -> tuple[PyTree, Any, Any, dict]:
+        """One outer step on ``task`` (``count``: outer steps taken so far).
+
+        Returns:
+          (theta, outer_state, group_state, metrics): metrics is a dict of scalar arrays with at
+          least "meta_loss", "inner_steps" and "diverged" (fraction of runs that diverged).
+        """
+
+
+class GradientEstimator(Estimator):
+    """Base class: a meta-gradient estimate from one truncation of a population of inner runs,
+    applied to theta by an optax outer optimizer.
+
+    Args:
+      lopt: the learned optimizer.
+      config: ``truncation.TruncationConfig``.
+      mesh: optional 1-D ``jax.sharding.Mesh`` (axis "pop") to split the population over.
+      outer_optimizer: the optax transformation updating theta from the estimate.
+      outer_learning_rate: optional schedule of the outer optimizer's learning rate, reported as the
+        metric "outer_lr".
+    """
+
+    def __init__(self, lopt: LearnedOptimizer, config: truncation.TruncationConfig, mesh=None,
+                 outer_optimizer: Optional[optax.GradientTransformation] = None,
+                 outer_learning_rate: Optional[Callable[[jax.Array], jax.Array]] = None):
+        super().__init__(lopt, config, mesh)
+        self.outer_optimizer = optax.adam(1e-3) if outer_optimizer is None else outer_optimizer
+        self.outer_learning_rate = outer_learning_rate
 
     @property
     @abc.abstractmethod
@@ -68,16 +127,45 @@ class GradientEstimator(abc.ABC):
         return self.config.num_tasks * self.members_per_task
 
     @property
+    def num_steps(self) -> int:
+        return self.config.max_horizon
+
+    @property
+    def population_sizes(self) -> dict[str, int]:
+        return {"population size": self.population_size}
+
+    @property
     def inner_steps_per_estimate(self) -> int:
         """Inner steps taken by one ``estimate`` call, summed over the population."""
         return self.population_size * self.config.truncation_length
+
+    @property
+    def inner_steps_per_step(self) -> tuple[int, str]:
+        return self.inner_steps_per_estimate, "truncation_length"
 
     def worst(self, task: InnerTask) -> jax.Array:
         """The meta-loss of a diverged run on ``task``."""
         return meta_loss_lib.worst_meta_loss(task, self.config.max_meta_loss)
 
+    def init(self, key, theta, group_keys, tasks):
+        outer_state = self.outer_optimizer.init(theta)
+        return theta, outer_state, tuple(self.init_group(k, theta, task) for k, task in zip(group_keys, tasks))
+
+    def step(self, theta, outer_state, group_state, key, task, count):
+        grad, group_state, metrics = self.estimate(theta, group_state, key, task)
+        grad = truncation.replicate(grad, self.mesh)
+        updates, new_outer_state = self.outer_optimizer.update(grad, outer_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
+        # Never let a bad update into theta: keep the old theta and outer state instead.
+        ok = meta_loss_lib.tree_all_finite(new_theta)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grad), update_ok=ok.astype(jnp.float32))
+        if self.outer_learning_rate is not None:
+            metrics["outer_lr"] = jnp.asarray(self.outer_learning_rate(count), jnp.float32)
+        return (truncation.tree_where(ok, new_theta, theta), truncation.tree_where(ok, new_outer_state, outer_state),
+                group_state, metrics)
+
     @abc.abstractmethod
-    def init(self, key: jax.Array, theta: PyTree, task: InnerTask) -> EstimatorState:
+    def init_group(self, key: jax.Array, theta: PyTree, task: InnerTask) -> EstimatorState:
         """The population's first (staggered) inner runs on ``task``."""
 
     @abc.abstractmethod

@@ -29,8 +29,8 @@ from evosax.algorithms import CMA_ES, PGPE, SNES, Open_ES
 from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 
 from metaopt.learned_optimizer import LearnedOptimizer
+from metaopt.meta import base, truncation
 from metaopt.meta import meta_loss as meta_loss_lib
-from metaopt.meta import truncation
 from metaopt.task_protocol import InnerTask
 from metaopt.unroll import init_inner_state
 
@@ -150,8 +150,11 @@ def pairwise_fitness_shaping_fn(population, fitness, state, params):
     return jnp.concatenate([score, -score], axis=-1)
 
 
-class EvolutionStrategy:
+class EvolutionStrategy(base.Estimator):
     """ES over whole inner runs: an evosax strategy plus the population's fitness evaluation.
+
+    theta is the strategy's mean and the outer state the strategy's state; each step is one
+    generation (ask, evaluate whole runs, tell).
 
     Args:
       lopt: the learned optimizer (its ``init`` gives the shape of theta).
@@ -162,9 +165,7 @@ class EvolutionStrategy:
     name = "es"
 
     def __init__(self, lopt: LearnedOptimizer, config: ESConfig, mesh=None):
-        self.lopt = lopt
-        self.config = config
-        self.mesh = mesh
+        super().__init__(lopt, config, mesh)
         shapes = jax.eval_shape(lopt.init, jax.random.key(0))
         template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         self.strategy = self._make_strategy(template)
@@ -193,9 +194,23 @@ class EvolutionStrategy:
         """The (longest) inner horizon of a run."""
         return self.config.run_length
 
-    def init(self, key: jax.Array, theta: PyTree):
-        """The strategy's state with its mean at ``theta``."""
-        return self.strategy.init(key, theta, self.params)
+    @property
+    def population_sizes(self) -> dict[str, int]:
+        return {"population size": self.config.population_size}
+
+    @property
+    def inner_steps_per_step(self) -> tuple[int, str]:
+        config = self.config
+        field = "num_steps" if config.num_steps is not None or config.max_horizon is None else "max_horizon"
+        return config.population_size * config.num_tasks_per_member * config.run_length, field
+
+    def init(self, key, theta, group_keys, tasks):
+        es_state = self.strategy.init(key, theta, self.params)
+        return self.mean(es_state), es_state, tuple(ESGroupState(jnp.zeros([], jnp.int32)) for _ in tasks)
+
+    def step(self, theta, outer_state, group_state, key, task, count):
+        es_state, metrics = self.generation(outer_state, key, task)
+        return self.mean(es_state), es_state, ESGroupState(group_state.generations + 1), metrics
 
     def mean(self, es_state) -> PyTree:
         """The strategy's mean as a theta pytree."""

@@ -56,7 +56,11 @@ class PES(base.GradientEstimator):
     def members_per_task(self) -> int:
         return 2 * self.config.num_perturbations
 
-    def init(self, key: jax.Array, theta: PyTree, task: InnerTask) -> base.EstimatorState:
+    @property
+    def population_sizes(self) -> dict[str, int]:
+        return {"population size": self.population_size, "number of perturbation pairs": self.num_pairs}
+
+    def init_group(self, key: jax.Array, theta: PyTree, task: InnerTask) -> base.EstimatorState:
         theta = truncation.replicate(theta, self.mesh)
         runs = truncation.init_runs(task, self.lopt, theta, key, self.config, self.members_per_task,
                                     theta_axis=None)

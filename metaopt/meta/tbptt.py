@@ -36,7 +36,7 @@ class TBPTT(base.GradientEstimator):
     def members_per_task(self) -> int:
         return 1
 
-    def init(self, key: jax.Array, theta: PyTree, task: InnerTask) -> base.EstimatorState:
+    def init_group(self, key: jax.Array, theta: PyTree, task: InnerTask) -> base.EstimatorState:
         theta = truncation.replicate(theta, self.mesh)
         runs = truncation.init_runs(task, self.lopt, theta, key, self.config, 1, theta_axis=None)
         return base.EstimatorState(truncation.shard_population(runs, self.mesh), None)

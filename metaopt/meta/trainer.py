@@ -27,22 +27,18 @@ import optax
 
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import full_es, truncation
-from metaopt.meta.meta_loss import tree_all_finite
+from metaopt.meta.base import Estimator
 from metaopt.meta.pes import PES
 from metaopt.meta.tbptt import TBPTT
 from metaopt.meta.truncated_es import TruncatedES
 from metaopt.task_protocol import InnerTask
 
-__all__ = [
-    "GRADIENT_ESTIMATORS", "ESTIMATORS", "DEFAULT_OUTER_LEARNING_RATE", "MetaState", "MetaTrainer",
-    "make_meta_trainer",
-]
+__all__ = ["GRADIENT_ESTIMATORS", "ESTIMATORS", "MetaState", "MetaTrainer", "make_meta_trainer"]
 
 PyTree = Any
 
 GRADIENT_ESTIMATORS = {"tbptt": TBPTT, "pes": PES, "truncated_es": TruncatedES}
 ESTIMATORS = tuple(GRADIENT_ESTIMATORS) + ("es",)
-DEFAULT_OUTER_LEARNING_RATE = 1e-3
 
 
 class MetaState(NamedTuple):
@@ -78,38 +74,32 @@ def _config_fields(cls) -> tuple[str, ...]:
 
 
 class MetaTrainer:
-    """Meta-trains a learned optimizer on task groups with one estimator.
+    """Meta-trains a learned optimizer on task groups with one estimator (``base.Estimator``).
 
     Use ``make_meta_trainer`` to build one.
 
     Attributes:
       estimator_name: the estimator's name.
-      estimator: the estimator object (``base.GradientEstimator`` or ``full_es.EvolutionStrategy``).
+      estimator: the estimator object.
       tasks: the task groups.
       num_steps: the meta-training inner horizon (``max_horizon``, or the ES run length).
       config: the resolved estimator settings as a dict.
     """
 
-    def __init__(self, estimator_name: str, estimator, lopt: LearnedOptimizer, tasks: Sequence[InnerTask],
-                 outer_optimizer: Optional[optax.GradientTransformation], mesh):
+    def __init__(self, estimator_name: str, estimator: Estimator, lopt: LearnedOptimizer,
+                 tasks: Sequence[InnerTask], mesh):
         self.estimator_name = estimator_name
         self.estimator = estimator
         self.lopt = lopt
         self.tasks = tuple(tasks)
         self.mesh = mesh
-        self.is_es = isinstance(estimator, full_es.EvolutionStrategy)
-        if outer_optimizer is None:
-            outer_optimizer = optax.adam(DEFAULT_OUTER_LEARNING_RATE)
-        self.outer_optimizer = outer_optimizer
         self.config = dataclasses.asdict(estimator.config)
         # Building the first inner states op by op would be slow; one compiled call is not.
         self._init_jit = jax.jit(self._init)
 
     @property
     def num_steps(self) -> int:
-        if self.is_es:
-            return self.estimator.num_steps
-        return self.estimator.config.max_horizon
+        return self.estimator.num_steps
 
     def init(self, key: jax.Array, theta: PyTree) -> MetaState:
         """The first meta-state: theta, a fresh outer state, and each group's (staggered) inner runs.
@@ -124,13 +114,7 @@ class MetaTrainer:
     def _init(self, key: jax.Array, theta: PyTree) -> MetaState:
         theta = truncation.replicate(theta, self.mesh)
         outer_key, *group_keys = jax.random.split(key, len(self.tasks) + 1)
-        if self.is_es:
-            outer_state = self.estimator.init(outer_key, theta)
-            theta = self.estimator.mean(outer_state)
-            states = tuple(full_es.ESGroupState(jnp.zeros([], jnp.int32)) for _ in self.tasks)
-        else:
-            outer_state = self.outer_optimizer.init(theta)
-            states = tuple(self.estimator.init(k, theta, task) for k, task in zip(group_keys, self.tasks))
+        theta, outer_state, states = self.estimator.init(outer_key, theta, group_keys, self.tasks)
         return _strong_types(MetaState(theta, truncation.replicate(outer_state, self.mesh), states,
                                        jnp.zeros([], jnp.int32)))
 
@@ -139,26 +123,13 @@ class MetaTrainer:
 
         Returns:
           (state, metrics): metrics is a dict of scalar arrays with "meta_loss", "inner_steps",
-          "grad_norm" (gradient estimators), "diverged" (fraction of runs that diverged) and more.
+          "diverged" (fraction of runs that diverged) and what the estimator adds ("grad_norm" ...).
         """
         if not 0 <= group < len(self.tasks):
             raise ValueError(f"group: expected an index in [0, {len(self.tasks)}), got {group}")
-        task = self.tasks[group]
         states = list(state.estimator_states)
-        if self.is_es:
-            outer_state, metrics = self.estimator.generation(state.outer_state, key, task)
-            theta = self.estimator.mean(outer_state)
-            states[group] = full_es.ESGroupState(states[group].generations + 1)
-        else:
-            grad, states[group], metrics = self.estimator.estimate(state.theta, states[group], key, task)
-            grad = truncation.replicate(grad, self.mesh)
-            updates, outer_state = self.outer_optimizer.update(grad, state.outer_state, state.theta)
-            new_theta = optax.apply_updates(state.theta, updates)
-            # Never let a bad update into theta: keep the old theta and outer state instead.
-            ok = tree_all_finite(new_theta)
-            theta = truncation.tree_where(ok, new_theta, state.theta)
-            outer_state = truncation.tree_where(ok, outer_state, state.outer_state)
-            metrics = dict(metrics, grad_norm=optax.tree.norm(grad), update_ok=ok.astype(jnp.float32))
+        theta, outer_state, states[group], metrics = self.estimator.step(
+            state.theta, state.outer_state, states[group], key, self.tasks[group], state.step)
         theta = truncation.replicate(theta, self.mesh)
         outer_state = truncation.replicate(outer_state, self.mesh)
         return _strong_types(MetaState(theta, outer_state, tuple(states), state.step + 1)), metrics
@@ -180,7 +151,8 @@ def estimator_settings(estimator: str) -> tuple[str, ...]:
 
 
 def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[InnerTask], *,
-                      outer_optimizer: Optional[optax.GradientTransformation] = None, mesh=None,
+                      outer_optimizer: Optional[optax.GradientTransformation] = None,
+                      outer_learning_rate: Optional[optax.Schedule] = None, mesh=None,
                       **estimator_kwargs) -> MetaTrainer:
     """Builds a meta-trainer.
 
@@ -192,6 +164,8 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
       tasks: a non-empty sequence of inner tasks, one per static-shape task group.
       outer_optimizer: optax transformation updating theta from the meta-gradient (default Adam at
         1e-3); ignored by "es".
+      outer_learning_rate: optional schedule of that optimizer's learning rate, reported as the
+        metric "outer_lr".
       mesh: optional 1-D ``jax.sharding.Mesh`` with axis "pop".
       **estimator_kwargs: the estimator's settings.
 
@@ -220,5 +194,5 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
     if estimator == "es":
         est = full_es.EvolutionStrategy(lopt, config, mesh)
     else:
-        est = GRADIENT_ESTIMATORS[estimator](lopt, config, mesh)
-    return MetaTrainer(estimator, est, lopt, tasks, outer_optimizer, mesh)
+        est = GRADIENT_ESTIMATORS[estimator](lopt, config, mesh, outer_optimizer, outer_learning_rate)
+    return MetaTrainer(estimator, est, lopt, tasks, mesh)
