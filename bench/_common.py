@@ -97,32 +97,26 @@ def xla_flops(fn: Callable, *args) -> float:
 
 
 @contextlib.contextmanager
-def without_loops():
-    """Traces ``MLPLOpt`` with one row block per matrix and populations vmapped rather than looped
-    over, so that XLA's FLOP count covers every block and every member.
+def one_row_block():
+    """Traces ``MLPLOpt`` with one row block per matrix, so that XLA's FLOP count covers every block.
 
-    (XLA counts a loop's body once. These loops change the order of the arithmetic; the blocked
-    matrix pass also recomputes the per-entry features once for its normalisers, a few percent
-    more FLOPs that the count leaves out.)
+    (XLA counts a loop's body once. The blocked matrix pass also recomputes the per-entry features
+    once for its normalisers, a few percent more FLOPs that the count leaves out.) Populations are
+    vmapped for a count by building the trainer with ``Execution(member_map="vmap")``.
     """
     from metaopt import mlp_lopt
-    from metaopt.meta import truncation
 
-    saved = [(m, name, getattr(m, name)) for m, name in ((mlp_lopt, "_ROW_CHUNK"), (truncation, "map_population"))
-             if hasattr(m, name)]
-    for m, name, _ in saved:
-        setattr(m, name, 2 ** 62 if name == "_ROW_CHUNK" else
-                (lambda fn, *args, mesh=None, **kw: jax.vmap(fn)(*args)))
+    saved = mlp_lopt._ROW_CHUNK
+    mlp_lopt._ROW_CHUNK = 2 ** 62
     try:
         yield
     finally:
-        for m, name, value in saved:
-            setattr(m, name, value)
+        mlp_lopt._ROW_CHUNK = saved
 
 
 def lo_update_flops(tx, grads, state, params) -> float:
     """FLOPs of one learned-optimizer update (``tx.update``), by XLA's count, row blocks undone."""
-    with without_loops():
+    with one_row_block():
         return xla_flops(lambda g, s, p: tx.update(g, s, p), grads, state, params)
 
 

@@ -52,6 +52,7 @@ import _common  # noqa: E402
 import metaopt  # noqa: E402
 from metaopt import learned_optimizer as lo_registry  # noqa: E402
 from metaopt.meta import make_meta_trainer  # noqa: E402
+from metaopt.population import Execution  # noqa: E402
 from metaopt.tasks import get_family  # noqa: E402
 from metaopt.unroll import init_inner_state, inner_step, unroll  # noqa: E402
 
@@ -68,6 +69,9 @@ class Setup:
         self.estimator = estimator
         self.trainer = make_meta_trainer(estimator, lopt, [task], outer_optimizer=optax.adam(1e-3),
                                          **estimator_kwargs)
+        # The same step with the population vmapped: XLA's FLOP count covers every member.
+        self.vmapped_trainer = make_meta_trainer(estimator, lopt, [task], outer_optimizer=optax.adam(1e-3),
+                                                 execution=Execution(member_map="vmap"), **estimator_kwargs)
         est = self.trainer.estimator
         if estimator == "es":
             self.members = est.config.population_size * est.config.num_tasks_per_member
@@ -175,8 +179,8 @@ def flop_bound(setup: Setup, meta: MetaRunner, adam_steps_per_s: float) -> tuple
     f_adam = _common.xla_flops(lambda g, s, p: tx_adam.update(g, s, p), grads, tx_adam.init(params), params)
     # XLA counts a scan's body once: the outer step's count (population vmapped) minus one
     # vmapped inner step is the estimator's own work per outer step.
-    with _common.without_loops():
-        f_outer = _common.xla_flops(lambda st, k: setup.trainer.step(st, k, 0), meta.state, meta.key)
+    with _common.one_row_block():
+        f_outer = _common.xla_flops(lambda st, k: setup.vmapped_trainer.step(st, k, 0), meta.state, meta.key)
     members = setup.members
     inner = init_inner_state(task, tx_lo, key)
     thetas = jax.tree.map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), theta)
@@ -186,7 +190,7 @@ def flop_bound(setup: Setup, meta: MetaRunner, adam_steps_per_s: float) -> tuple
         return inner_step(task, tx, state)
 
     inners = jax.tree.map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), inner)
-    with _common.without_loops():
+    with _common.one_row_block():
         f_body = _common.xla_flops(jax.vmap(body), thetas, inners)
     if setup.estimator == "tbptt":
         # Reverse mode re-runs the body's forward (with remat) and its transpose (about twice the

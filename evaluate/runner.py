@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaopt import unroll
+from metaopt.population import map_population
 
 __all__ = [
     "BaselineSpec", "LearnedSpec", "hashable_hyper", "make_transform", "run_batch", "seed_keys", "run",
@@ -83,13 +84,6 @@ def make_transform(spec, task, theta: PyTree, learning_rate: jax.Array, num_step
                    param_meta=task.param_meta, **dict(spec.hyper))
 
 
-def _map_runs(one, learning_rates, keys):
-    """``jax.vmap(one)(learning_rates, keys)``; on CPU the same results one run at a time."""
-    if jax.default_backend() == "cpu":
-        return jax.lax.map(lambda args: one(*args), (learning_rates, keys))
-    return jax.vmap(one)(learning_rates, keys)
-
-
 @functools.partial(jax.jit, static_argnames=("task", "spec", "num_steps"))
 def run_batch(task, spec, num_steps: int, theta: PyTree, learning_rates: jax.Array, keys: jax.Array
               ) -> tuple[jax.Array, jax.Array]:
@@ -113,7 +107,8 @@ def run_batch(task, spec, num_steps: int, theta: PyTree, learning_rates: jax.Arr
         params, losses = unroll.train(task, tx, key, num_steps)
         return losses, task.eval_loss(params)
 
-    return _map_runs(one, learning_rates, keys)
+    # One run at a time on CPU, vmapped on accelerators (``Execution``'s choice for the backend).
+    return map_population(one, learning_rates, keys)
 
 
 def seed_keys(seeds: list[int]) -> jax.Array:

@@ -11,6 +11,9 @@ these sections::
     log_every: 10               # outer steps between metrics records
     devices: null               # number of devices the population axis is sharded over (null: all)
     stall_steps: 10             # say so when not learning for this many outer steps in a row
+    execution:                  # how population members run on each device (metaopt.population)
+      member_map: auto          # loop | vmap | auto (loop on CPU, vmap on accelerators)
+      member_batch: 1           # members vmapped together within one group of a loop
     task:
       family: mlp_mnist1d       # a name from metaopt.tasks.list_families()
       family_kwargs: {}         # passed to metaopt.tasks.get_family
@@ -40,6 +43,7 @@ letting the last one win.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -48,6 +52,7 @@ from typing import Any
 import yaml
 
 from metaopt.config_yaml import ConfigLoader
+from metaopt.population import Execution
 
 # The estimators' names; ``metaopt.meta.trainer.ESTIMATORS`` is the same tuple (a test checks it).
 # The trainer is imported only where a config is resolved: importing it imports evosax, which
@@ -65,7 +70,7 @@ LOPT_KINDS = ("mlp_lopt", "lean_lopt", "learned_schedule")
 OUTER_OPTIMIZERS = ("adamw", "adam")
 
 # Fields that do not change what is computed: a run may be resumed with them changed.
-RESUMABLE_FIELDS = ("run_dir", "log_every", "checkpoint_every", "devices", "stall_steps")
+RESUMABLE_FIELDS = ("run_dir", "log_every", "checkpoint_every", "devices", "stall_steps", "execution")
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -76,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 10,
     "devices": None,
     "stall_steps": 10,
+    "execution": {"member_map": "auto", "member_batch": 1},
     "task": {
         "family": None,
         "family_kwargs": {},
@@ -305,6 +311,12 @@ def resolve(raw: dict) -> dict:
     devices = raw.get("devices", None)
     cfg["devices"] = None if devices is None else _int(devices, "devices")
     cfg["stall_steps"] = _int(raw.get("stall_steps", DEFAULTS["stall_steps"]), "stall_steps")
+    execution = _mapping(raw.get("execution"), "execution")
+    _no_unknown(execution, DEFAULTS["execution"], "execution")
+    try:
+        cfg["execution"] = dataclasses.asdict(Execution(**{**DEFAULTS["execution"], **execution}))
+    except ValueError as e:
+        raise ConfigError(f"execution.{e}") from None
 
     task = _mapping(raw.get("task"), "task")
     _no_unknown(task, DEFAULTS["task"], "task")

@@ -36,6 +36,7 @@ from metaopt.meta_train.config import (MAX_STEPS, ConfigError, describe_differen
                                        schedule_difference, semantic, trajectory)
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
+from metaopt.population import Execution
 from metaopt.schedules import make_schedule
 
 __all__ = [
@@ -235,12 +236,15 @@ def build(cfg: dict) -> Built:
     except ValueError as e:
         raise ConfigError(_first_line(e)) from None
     outer_optimizer = make_outer_optimizer(cfg["outer"], cfg["outer_steps"])
+    # The backend's choice for "auto", spelled out in the resolved config.
+    execution = Execution(**cfg["execution"]).resolved()
+    cfg = dict(cfg, execution=dataclasses.asdict(execution))
     est = cfg["estimator"]
     kwargs = _estimator_kwargs(est)
     try:
         trainer = make_meta_trainer(est["name"], lopt, tasks, outer_optimizer=outer_optimizer,
                                     outer_learning_rate=make_outer_schedule(cfg["outer"], cfg["outer_steps"]),
-                                    mesh=mesh, **kwargs)
+                                    mesh=mesh, execution=execution, **kwargs)
     except TypeError as e:
         raise ConfigError(f"estimator: {_first_line(e)}") from None
     except ValueError as e:

@@ -23,6 +23,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+# ``metaopt.population`` imports no estimator: importing ``metaopt.meta`` would import evosax, which
+# starts jax's backend, and a multi-process job must join before that.
+from metaopt.population import POP_AXIS
+
 
 __all__ = [
     "AXIS", "wants_distributed", "maybe_initialize_distributed", "make_mesh", "replicated",
@@ -30,10 +34,7 @@ __all__ = [
 ]
 
 # The estimators' population axis: the mesh must carry the name they shard over.
-# The estimators' population axis (``metaopt.meta.truncation.POP_AXIS``; a test checks they agree).
-# It is not imported from there: importing ``metaopt.meta`` imports evosax, which starts jax's backend,
-# and a multi-process job must join before that.
-AXIS = "pop"
+AXIS = POP_AXIS
 
 # The environment of a multi-process launch that names its coordinator itself.
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

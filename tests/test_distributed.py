@@ -238,7 +238,7 @@ def test_killed_process_stops_the_job_which_resumes_to_the_same_theta(pes_two_pr
 
 
 def test_mesh_axis_is_the_estimators_population_axis():
-    from metaopt.meta.truncation import POP_AXIS
+    from metaopt.population import POP_AXIS
 
     assert sharding.AXIS == POP_AXIS
 

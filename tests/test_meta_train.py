@@ -137,6 +137,9 @@ def test_overrides_parse_dotted_keys_and_scalars():
     ("estimator.min_horizon=64", "error: estimator.min_horizon"),
     ("estimator.temperature=2", "error: estimator.temperature"),
     ("devices=8", "error: devices:"),
+    ("execution.member_map=pmap", "error: execution.member_map: got 'pmap'"),
+    ("execution.member_batch=0", "error: execution.member_batch: expected a positive int"),
+    ("execution.rows=4", "error: execution.rows: unknown key"),
     ("not_a_pair", "error: override 'not_a_pair'"),
 ])
 def test_bad_input_exits_2_and_leaves_run_folder_byte_identical(reference_run, tiny_config, capsys,

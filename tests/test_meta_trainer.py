@@ -81,6 +81,20 @@ def test_every_estimator_keeps_one_contract():
         assert isinstance(make_meta_trainer(name, LOPT, [TASK], **SETTINGS[name]).estimator, Estimator)
 
 
+def test_execution_choices_compute_the_same_population_map():
+    from metaopt.population import Execution, map_population
+
+    assert Execution().resolved("cpu").member_map == "loop"
+    assert Execution().resolved("gpu").member_map == "vmap"
+    assert Execution(member_map="vmap").resolved("cpu").member_map == "vmap"
+    xs = jax.random.normal(jax.random.key(0), (6, 3, 3))
+    fn = lambda x: jnp.tanh(x @ x.T).sum(0)  # noqa: E731
+    want = jax.vmap(fn)(xs)
+    for execution in (Execution("loop"), Execution("loop", 4), Execution("vmap")):
+        np.testing.assert_allclose(jax.jit(lambda a: map_population(fn, a, execution=execution))(xs), want,
+                                   rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """Per estimator: (trainer, jitted step, first state, state after a few outer steps, metrics)."""

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metaopt import population
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.meta import truncation
@@ -55,14 +56,17 @@ class Estimator(abc.ABC):
       lopt: the learned optimizer.
       config: the estimator's settings (a frozen dataclass).
       mesh: optional 1-D ``jax.sharding.Mesh`` (axis "pop") to split the population over.
+      execution: how the population's members run on each device (``metaopt.population.Execution``).
     """
 
     name: str = ""
 
-    def __init__(self, lopt: LearnedOptimizer, config: Any, mesh=None):
+    def __init__(self, lopt: LearnedOptimizer, config: Any, mesh=None,
+                 execution: population.Execution = population.Execution()):
         self.lopt = lopt
         self.config = config
         self.mesh = mesh
+        self.execution = execution
 
     @property
     @abc.abstractmethod
@@ -107,12 +111,14 @@ class GradientEstimator(Estimator):
       outer_optimizer: the optax transformation updating theta from the estimate.
       outer_learning_rate: optional schedule of the outer optimizer's learning rate, reported as the
         metric "outer_lr".
+      execution: see ``Estimator``.
     """
 
     def __init__(self, lopt: LearnedOptimizer, config: truncation.TruncationConfig, mesh=None,
                  outer_optimizer: Optional[optax.GradientTransformation] = None,
-                 outer_learning_rate: Optional[Callable[[jax.Array], jax.Array]] = None):
-        super().__init__(lopt, config, mesh)
+                 outer_learning_rate: Optional[Callable[[jax.Array], jax.Array]] = None,
+                 execution: population.Execution = population.Execution()):
+        super().__init__(lopt, config, mesh, execution)
         self.outer_optimizer = optax.adam(1e-3) if outer_optimizer is None else outer_optimizer
         self.outer_learning_rate = outer_learning_rate
 
@@ -153,7 +159,7 @@ class GradientEstimator(Estimator):
 
     def step(self, theta, outer_state, group_state, key, task, count):
         grad, group_state, metrics = self.estimate(theta, group_state, key, task)
-        grad = truncation.replicate(grad, self.mesh)
+        grad = population.replicate(grad, self.mesh)
         updates, new_outer_state = self.outer_optimizer.update(grad, outer_state, theta)
         new_theta = optax.apply_updates(theta, updates)
         # Never let a bad update into theta: keep the old theta and outer state instead.
@@ -161,7 +167,7 @@ class GradientEstimator(Estimator):
         metrics = dict(metrics, grad_norm=optax.tree.norm(grad), update_ok=ok.astype(jnp.float32))
         if self.outer_learning_rate is not None:
             metrics["outer_lr"] = jnp.asarray(self.outer_learning_rate(count), jnp.float32)
-        return (truncation.tree_where(ok, new_theta, theta), truncation.tree_where(ok, new_outer_state, outer_state),
+        return (population.tree_where(ok, new_theta, theta), population.tree_where(ok, new_outer_state, outer_state),
                 group_state, metrics)
 
     @abc.abstractmethod

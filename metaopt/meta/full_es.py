@@ -2,7 +2,7 @@
 
 Each generation, the strategy proposes a population of thetas; every member trains
 ``num_tasks_per_member`` fresh task instances from step 0 to the horizon (one ``lax.scan`` per run,
-vmapped over tasks, mapped over members with ``truncation.map_population``), and its fitness is the normalised meta-loss at the end of the run
+vmapped over tasks, mapped over members with ``metaopt.population.map_population``), and its fitness is the normalised meta-loss at the end of the run
 ("final") or averaged over it ("mean"). Fitness taken over the whole run lets ES discover schedules
 that truncated meta-gradients, being myopic, do not.
 
@@ -28,6 +28,7 @@ import optax
 from evosax.algorithms import CMA_ES, PGPE, SNES, Open_ES
 from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 
+from metaopt import population
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import base, truncation
 from metaopt.meta import meta_loss as meta_loss_lib
@@ -160,12 +161,14 @@ class EvolutionStrategy(base.Estimator):
       lopt: the learned optimizer (its ``init`` gives the shape of theta).
       config: ``ESConfig``.
       mesh: optional 1-D ``jax.sharding.Mesh`` (axis "pop") to split the population over.
+      execution: how the members run on each device (``metaopt.population.Execution``).
     """
 
     name = "es"
 
-    def __init__(self, lopt: LearnedOptimizer, config: ESConfig, mesh=None):
-        super().__init__(lopt, config, mesh)
+    def __init__(self, lopt: LearnedOptimizer, config: ESConfig, mesh=None,
+                 execution: population.Execution = population.Execution()):
+        super().__init__(lopt, config, mesh, execution)
         shapes = jax.eval_shape(lopt.init, jax.random.key(0))
         template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         self.strategy = self._make_strategy(template)
@@ -246,7 +249,7 @@ class EvolutionStrategy(base.Estimator):
             values, diverged = jax.vmap(run, in_axes=(None, 0))(theta, keys)
             return jnp.mean(values), jnp.any(diverged)
 
-        return truncation.map_population(member, thetas, task_keys, mesh=self.mesh)
+        return population.map_population(member, thetas, task_keys, mesh=self.mesh, execution=self.execution)
 
     def generation(self, es_state, key: jax.Array, task: InnerTask):
         """One generation: ask, evaluate whole runs, tell.
@@ -256,9 +259,9 @@ class EvolutionStrategy(base.Estimator):
         """
         config, mesh = self.config, self.mesh
         ask_key, task_key, horizon_key, tell_key = jax.random.split(key, 4)
-        es_state = truncation.replicate(es_state, mesh)
-        population, es_state = self.strategy.ask(ask_key, es_state, self.params)
-        population = truncation.shard_population(population, mesh)
+        es_state = population.replicate(es_state, mesh)
+        members, es_state = self.strategy.ask(ask_key, es_state, self.params)
+        members = population.shard_population(members, mesh)
         if config.sampled_horizon:
             min_horizon = config.max_horizon if config.min_horizon is None else config.min_horizon
             horizon = truncation.sample_horizon(horizon_key, min_horizon, config.max_horizon,
@@ -268,12 +271,12 @@ class EvolutionStrategy(base.Estimator):
         half = (config.population_size + 1) // 2
         pair_keys = jax.random.split(task_key, (half, config.num_tasks_per_member))
         task_keys = jnp.concatenate([pair_keys, pair_keys], axis=0)[: config.population_size]
-        fitness, diverged = self.fitness(population, truncation.shard_population(task_keys, mesh), horizon, task)
-        fitness = truncation.shard_population(fitness, mesh)
-        new_state, _ = self.strategy.tell(tell_key, population, fitness, es_state, self.params)
+        fitness, diverged = self.fitness(members, population.shard_population(task_keys, mesh), horizon, task)
+        fitness = population.shard_population(fitness, mesh)
+        new_state, _ = self.strategy.tell(tell_key, members, fitness, es_state, self.params)
         # A non-finite mean would poison every later generation: keep the previous one instead.
         ok = meta_loss_lib.tree_all_finite(new_state.mean)
-        es_state = truncation.replicate(truncation.tree_where(ok, new_state, es_state), mesh)
+        es_state = population.replicate(population.tree_where(ok, new_state, es_state), mesh)
         inner_steps = jnp.asarray(config.population_size * config.num_tasks_per_member, jnp.int32) * horizon
         metrics = {
             "meta_loss": jnp.mean(fitness),

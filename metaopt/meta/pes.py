@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from metaopt import population
 from metaopt.meta import base, truncation
 from metaopt.task_protocol import InnerTask
 
@@ -61,34 +62,34 @@ class PES(base.GradientEstimator):
         return {"population size": self.population_size, "number of perturbation pairs": self.num_pairs}
 
     def init_group(self, key: jax.Array, theta: PyTree, task: InnerTask) -> base.EstimatorState:
-        theta = truncation.replicate(theta, self.mesh)
+        theta = population.replicate(theta, self.mesh)
         runs = truncation.init_runs(task, self.lopt, theta, key, self.config, self.members_per_task,
                                     theta_axis=None)
         accumulator = None
         if self.persistent:
             accumulator = jax.tree.map(lambda x: jnp.zeros((self.num_pairs,) + jnp.shape(x), jnp.result_type(x)),
                                        theta)
-            accumulator = truncation.shard_population(accumulator, self.mesh)
-        return base.EstimatorState(truncation.shard_population(runs, self.mesh), accumulator)
+            accumulator = population.shard_population(accumulator, self.mesh)
+        return base.EstimatorState(population.shard_population(runs, self.mesh), accumulator)
 
     def estimate(self, theta: PyTree, state: base.EstimatorState, key: jax.Array, task: InnerTask
                  ) -> tuple[PyTree, base.EstimatorState, dict]:
         config, mesh = self.config, self.mesh
-        theta = truncation.replicate(theta, mesh)
+        theta = population.replicate(theta, mesh)
         worst = self.worst(task)
         eps_key, reset_key = jax.random.split(key)
-        eps = truncation.shard_population(sample_perturbations(eps_key, theta, self.num_pairs, config.sigma), mesh)
+        eps = population.shard_population(sample_perturbations(eps_key, theta, self.num_pairs, config.sigma), mesh)
         # Member m belongs to pair m // 2; even members take +eps, odd members -eps.
         signs = jnp.tile(jnp.asarray([1.0, -1.0], jnp.float32), self.num_pairs)
         thetas = jax.tree.map(
             lambda t, e: t[None] + _leading(signs, e.ndim).astype(e.dtype) * jnp.repeat(e, 2, axis=0), theta, eps)
-        thetas = truncation.shard_population(thetas, mesh)
-        runs = truncation.shard_population(state.runs, mesh)
+        thetas = population.shard_population(thetas, mesh)
+        runs = population.shard_population(state.runs, mesh)
 
-        inner, meta_losses, diverged = truncation.map_population(
+        inner, meta_losses, diverged = population.map_population(
             lambda th, run: truncation.truncation(task, self.lopt, th, run, config, worst), thetas, runs,
-            mesh=mesh)
-        meta_losses = truncation.shard_population(meta_losses, mesh)
+            mesh=mesh, execution=self.execution)
+        meta_losses = population.shard_population(meta_losses, mesh)
 
         xi = jax.tree.map(jnp.add, state.accumulator, eps) if self.persistent else eps
         pair_losses = meta_losses.reshape(self.num_pairs, 2)
@@ -98,12 +99,12 @@ class PES(base.GradientEstimator):
 
         runs, restarted = truncation.advance_runs(task, self.lopt, thetas, runs, inner, diverged, reset_key,
                                                   config, self.members_per_task)
-        runs = truncation.shard_population(runs, mesh)
+        runs = population.shard_population(runs, mesh)
         accumulator = None
         if self.persistent:
             restarted_pair = restarted[::2]
             accumulator = jax.tree.map(
                 lambda x: jnp.where(_leading(restarted_pair, x.ndim), jnp.zeros_like(x), x), xi)
-            accumulator = truncation.shard_population(accumulator, mesh)
+            accumulator = population.shard_population(accumulator, mesh)
         return base.zero_nonfinite(grad), base.EstimatorState(runs, accumulator), self._metrics(
             meta_losses, diverged | (meta_losses >= worst), restarted)  # at the ceiling counts as diverged

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from metaopt import population
 from metaopt.meta import base, truncation
 from metaopt.meta.meta_loss import tree_all_finite
 from metaopt.task_protocol import InnerTask
@@ -37,15 +38,15 @@ class TBPTT(base.GradientEstimator):
         return 1
 
     def init_group(self, key: jax.Array, theta: PyTree, task: InnerTask) -> base.EstimatorState:
-        theta = truncation.replicate(theta, self.mesh)
+        theta = population.replicate(theta, self.mesh)
         runs = truncation.init_runs(task, self.lopt, theta, key, self.config, 1, theta_axis=None)
-        return base.EstimatorState(truncation.shard_population(runs, self.mesh), None)
+        return base.EstimatorState(population.shard_population(runs, self.mesh), None)
 
     def estimate(self, theta: PyTree, state: base.EstimatorState, key: jax.Array, task: InnerTask
                  ) -> tuple[PyTree, base.EstimatorState, dict]:
-        theta = truncation.replicate(theta, self.mesh)
+        theta = population.replicate(theta, self.mesh)
         worst = self.worst(task)
-        runs = truncation.shard_population(state.runs, self.mesh)
+        runs = population.shard_population(state.runs, self.mesh)
 
         def member_meta_loss(th, run):
             run = run._replace(inner=jax.lax.stop_gradient(run.inner))
@@ -53,14 +54,14 @@ class TBPTT(base.GradientEstimator):
             return value, (inner, diverged)
 
         grad_fn = jax.value_and_grad(member_meta_loss, has_aux=True)
-        (meta_losses, (inner, diverged)), grads = truncation.map_population(
-            lambda run: grad_fn(theta, run), runs, mesh=self.mesh)
-        grads = truncation.shard_population(grads, self.mesh)
+        (meta_losses, (inner, diverged)), grads = population.map_population(
+            lambda run: grad_fn(theta, run), runs, mesh=self.mesh, execution=self.execution)
+        grads = population.shard_population(grads, self.mesh)
         # A diverged run's backward pass carries NaNs: drop the whole member, not just its bad entries.
         keep = ~diverged & jax.vmap(tree_all_finite)(grads)
         grad = base.masked_mean(grads, keep)
         runs, restarted = truncation.advance_runs(task, self.lopt, theta, runs, inner, diverged, key,
                                                   self.config, 1, theta_axis=None)
-        runs = truncation.shard_population(runs, self.mesh)
+        runs = population.shard_population(runs, self.mesh)
         return base.zero_nonfinite(grad), base.EstimatorState(runs, None), self._metrics(
             meta_losses, diverged | (meta_losses >= worst), restarted)  # at the ceiling counts as diverged

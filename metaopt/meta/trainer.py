@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metaopt import population
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import full_es, truncation
 from metaopt.meta.base import Estimator
@@ -112,10 +113,10 @@ class MetaTrainer:
         return self._init_jit(key, theta)
 
     def _init(self, key: jax.Array, theta: PyTree) -> MetaState:
-        theta = truncation.replicate(theta, self.mesh)
+        theta = population.replicate(theta, self.mesh)
         outer_key, *group_keys = jax.random.split(key, len(self.tasks) + 1)
         theta, outer_state, states = self.estimator.init(outer_key, theta, group_keys, self.tasks)
-        return _strong_types(MetaState(theta, truncation.replicate(outer_state, self.mesh), states,
+        return _strong_types(MetaState(theta, population.replicate(outer_state, self.mesh), states,
                                        jnp.zeros([], jnp.int32)))
 
     def step(self, state: MetaState, key: jax.Array, group: int = 0) -> tuple[MetaState, dict]:
@@ -130,8 +131,8 @@ class MetaTrainer:
         states = list(state.estimator_states)
         theta, outer_state, states[group], metrics = self.estimator.step(
             state.theta, state.outer_state, states[group], key, self.tasks[group], state.step)
-        theta = truncation.replicate(theta, self.mesh)
-        outer_state = truncation.replicate(outer_state, self.mesh)
+        theta = population.replicate(theta, self.mesh)
+        outer_state = population.replicate(outer_state, self.mesh)
         return _strong_types(MetaState(theta, outer_state, tuple(states), state.step + 1)), metrics
 
     def theta(self, state: MetaState) -> PyTree:
@@ -153,7 +154,7 @@ def estimator_settings(estimator: str) -> tuple[str, ...]:
 def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[InnerTask], *,
                       outer_optimizer: Optional[optax.GradientTransformation] = None,
                       outer_learning_rate: Optional[optax.Schedule] = None, mesh=None,
-                      **estimator_kwargs) -> MetaTrainer:
+                      execution: Optional[population.Execution] = None, **estimator_kwargs) -> MetaTrainer:
     """Builds a meta-trainer.
 
     Args:
@@ -167,6 +168,8 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
       outer_learning_rate: optional schedule of that optimizer's learning rate, reported as the
         metric "outer_lr".
       mesh: optional 1-D ``jax.sharding.Mesh`` with axis "pop".
+      execution: how the population's members run on each device (default: ``Execution()``, the
+        choice for jax's backend).
       **estimator_kwargs: the estimator's settings.
 
     Returns:
@@ -182,8 +185,8 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
     tasks = tuple(tasks)
     if not tasks:
         raise ValueError("tasks: expected at least one task group")
-    if mesh is not None and tuple(mesh.axis_names) != (truncation.POP_AXIS,):
-        raise ValueError(f"mesh: expected a 1-D mesh with axis name {truncation.POP_AXIS!r}, "
+    if mesh is not None and tuple(mesh.axis_names) != (population.POP_AXIS,):
+        raise ValueError(f"mesh: expected a 1-D mesh with axis name {population.POP_AXIS!r}, "
                          f"got axes {tuple(mesh.axis_names)}")
     allowed = estimator_settings(estimator)
     unknown = sorted(set(estimator_kwargs) - set(allowed))
@@ -191,8 +194,9 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
         raise ValueError(f"{unknown[0]}: unknown setting for estimator {estimator!r}; allowed: {list(allowed)}")
     config_cls = full_es.ESConfig if estimator == "es" else truncation.TruncationConfig
     config = config_cls(**estimator_kwargs)
+    execution = population.Execution() if execution is None else execution
     if estimator == "es":
-        est = full_es.EvolutionStrategy(lopt, config, mesh)
+        est = full_es.EvolutionStrategy(lopt, config, mesh, execution)
     else:
-        est = GRADIENT_ESTIMATORS[estimator](lopt, config, mesh, outer_optimizer, outer_learning_rate)
+        est = GRADIENT_ESTIMATORS[estimator](lopt, config, mesh, outer_optimizer, outer_learning_rate, execution)
     return MetaTrainer(estimator, est, lopt, tasks, mesh)

@@ -2,7 +2,7 @@
 
 A population of inner runs is trained in truncations of ``truncation_length`` steps; each outer step
 advances every run by one truncation (one ``lax.scan`` per member, mapped over the population with
-``map_population``). A run belongs
+``metaopt.population.map_population``). A run belongs
 to a task *instance* (init key, data key, horizon); when it reaches its horizon, or diverges, it is
 replaced by a fresh instance, so every run trains from step 0 to its horizon and its truncations
 follow each other.
@@ -33,23 +33,21 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
 
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import meta_loss as meta_loss_lib
+from metaopt.population import tree_where
 from metaopt.task_protocol import InnerTask
 from metaopt.unroll import InnerState, init_inner_state, inner_step
 
 __all__ = [
-    "HORIZON_SAMPLINGS", "POP_AXIS", "TruncationConfig", "RunState", "round_horizon", "sample_horizon",
-    "tree_where", "shard_population", "replicate", "MEMBER_BATCH", "map_population", "run_segment",
+    "HORIZON_SAMPLINGS", "TruncationConfig", "RunState", "round_horizon", "sample_horizon", "run_segment",
     "fresh_run", "slot_keys", "init_runs", "truncation", "slot_any", "advance_runs",
 ]
 
 PyTree = Any
 
 HORIZON_SAMPLINGS = ("constant", "log_uniform")
-POP_AXIS = "pop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,72 +138,6 @@ def sample_horizon(key: jax.Array, min_horizon: int, max_horizon: int, sampling:
     log_h = jax.random.uniform(key, (), jnp.float32, jnp.log(float(min_horizon)), jnp.log(float(max_horizon)))
     horizon = jnp.clip(jnp.exp(log_h), min_horizon, max_horizon)
     return round_horizon(horizon, truncation_length)
-
-
-def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """Leafwise ``jnp.where`` with a scalar condition (or one per leading index, broadcast)."""
-
-    def pick(a, b):
-        c = jnp.reshape(condition, jnp.shape(condition) + (1,) * (jnp.ndim(a) - jnp.ndim(condition)))
-        return jnp.where(c, a, b)
-
-    return jax.tree.map(pick, on_true, on_false)
-
-
-def shard_population(tree: PyTree, mesh) -> PyTree:
-    """Constrains the leading (population) axis of every leaf to be split over the mesh's "pop" axis."""
-    if mesh is None:
-        return tree
-    sharding = NamedSharding(mesh, PartitionSpec(POP_AXIS))
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding) if jnp.ndim(x) else x, tree)
-
-
-def replicate(tree: PyTree, mesh) -> PyTree:
-    """Constrains every leaf to be replicated over the mesh."""
-    if mesh is None:
-        return tree
-    sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
-
-
-# Members of a population run in groups of this many, one group after another, on CPU. One member
-# at a time is fastest with the learned optimizer's batched feature pass (figures:
-# docs/PERFORMANCE.md, "the feature pass and the matrix pass").
-MEMBER_BATCH = 1
-
-
-def map_population(fn: Callable[..., Any], *args: PyTree, mesh=None,
-                   batch_size: Optional[int] = MEMBER_BATCH) -> Any:
-    """``fn`` applied to every member: the leading axis of every leaf of ``args``.
-
-    The result equals ``jax.vmap(fn)(*args)``. On CPU the members run one after another (or in
-    groups of ``batch_size``, vmapped within a group) inside one ``lax.map``: vmapping a whole
-    population turns each of the inner run's small matmuls (the model's and the learned
-    optimizer's per-parameter MLP) into one batched matmul over all members, whose intermediates
-    overflow the caches. With a mesh, the population is split over the devices first and each
-    device loops over its own members. Elsewhere (GPU, TPU) the population is vmapped.
-
-    Args:
-      fn: the per-member function.
-      *args: pytrees with a leading member axis.
-      mesh: optional 1-D mesh (axis "pop") the members are sharded over.
-      batch_size: members run together in one group (``None`` or 1: one at a time).
-    """
-    leaves = jax.tree.leaves(args)
-    num = leaves[0].shape[0] if leaves else 0
-    devices = 1 if mesh is None else mesh.size
-    if jax.default_backend() != "cpu" or num == 0 or num % devices:
-        return jax.vmap(fn)(*args)
-
-    def loop(member_args):
-        size = None if batch_size is None or batch_size <= 1 else min(batch_size, num // devices)
-        return jax.lax.map(lambda a: fn(*a), member_args, batch_size=size)
-
-    if devices == 1:
-        return loop(args)
-    split = jax.tree.map(lambda x: x.reshape((devices, num // devices) + x.shape[1:]), args)
-    out = jax.vmap(loop)(shard_population(split, mesh))
-    return jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), shard_population(out, mesh))
 
 
 def run_segment(task: InnerTask, tx, inner: InnerState, length: int, *, meta_loss: str, reduction: str,
