@@ -1,4 +1,5 @@
-"""Evaluation suites: the YAML schema, ``key=value`` overrides, validation and the cells of a suite.
+"""Evaluation suites: the schema as frozen dataclasses, built from YAML and ``key=value`` overrides
+by ``metaopt.configuration``, and the cells of a suite.
 
 A suite is a YAML mapping (read with ``yaml.safe_load``) marked by a top-level ``suite:`` name::
 
@@ -40,23 +41,18 @@ after ``pip install``; any other path to a YAML file works too.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.resources
 import math
 import os
-import re
 from typing import Any, Optional
 
-import yaml
-
-from metaopt.config_yaml import ConfigLoader
-
 from metaopt.baselines import LR_RANGES
+from metaopt.configuration import ConfigError, apply_overrides as _apply, build, parse_yaml, read_yaml, to_plain
 
 __all__ = [
-    "AXES", "TUNING_MODES", "SELECT_BY", "SCHEDULES", "DEFAULT_BASELINES", "DEFAULTS", "shipped_suites",
-    "list_suites", "read_suite", "parse_overrides", "apply_overrides", "load_suite", "validate_suite",
+    "AXES", "TUNING_MODES", "SELECT_BY", "SCHEDULES", "DEFAULT_BASELINES", "TaskOverride", "Baseline",
+    "Tuning", "Suite", "shipped_suites", "list_suites", "read_suite", "apply_overrides", "load_suite",
     "Cell", "config_fields", "make_cells", "reference_cell",
 ]
 
@@ -69,59 +65,230 @@ SCHEDULES = ("cosine", "linear")
 # ``metaopt.baselines.LR_RANGES`` entry.
 DEFAULT_BASELINES = ("adamw", "muadam", "lion", "sgdm")
 
-DEFAULTS: dict[str, Any] = {
-    "suite": None,
-    "description": "",
-    "axis": None,
-    "values": None,
-    "horizon_factor": 1,
-    "task": {"family": None, "family_kwargs": {}, "config": {}},
-    "base_num_steps": None,
-    "seeds": 3,
-    "learned": True,
-    "baselines": {name: {"grid": list(LR_RANGES[name]), "hyper": {}} for name in DEFAULT_BASELINES},
-    "tuning": {
-        "num_points": 9,
-        "mode": "per_cell",
-        "select_by": "train",
-        "schedule": "cosine",
-        "warmup_fraction": 0.05,
-        "extend": True,
-        "max_extensions": 2,
-        "seed": 1000,
-    },
-    "final_window": 0.05,
-    "curve_points": 200,
-    "max_params": None,
-    "memory_fraction": 0.8,
-    "skip_seen_families": True,
-    "confidence": 0.95,
-    "divergence_tolerance": 0.05,
-}
 
-# Mappings whose keys are the user's own (task fields, family arguments, cells, baselines).
-_FREE_FORM = (("task", "config"), ("task", "family_kwargs"), ("values",), ("values", "*"),
-              ("values", "*", "config"), ("values", "*", "family_kwargs"), ("baselines",),
-              ("baselines", "*"), ("baselines", "*", "hyper"))
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+def _positive(value: Any, field: str, integer: bool = False) -> Any:
+    """A finite number > 0 (a whole one when ``integer``), as an int or float."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and value > 0)
+    if integer:
+        ok = ok and float(value) == int(value)
+    if not ok:
+        raise ConfigError(f"{field}: expected {'a positive integer' if integer else 'a positive number'}, "
+                          f"got {value!r}")
+    return int(value) if integer else float(value)
 
 
-def _is_free(path: tuple[str, ...]) -> bool:
-    return any(len(p) == len(path) and all(a == "*" or a == b for a, b in zip(p, path))
-               for p in _FREE_FORM)
+def _in_range(value: Any, field: str, low: float, high: float, text: str, low_open=False, high_open=True) -> None:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or (value <= low if low_open else value < low) or (value >= high if high_open else value > high)):
+        raise ConfigError(f"{field}: expected {text}, got {value!r}")
+
+
+def _bool(value: Any, field: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: expected true or false, got {value!r}")
+
+
+def _set(obj: Any, **values: Any) -> None:
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+def _mappings(obj: Any, *names: str) -> None:
+    """Fields that hold the user's own mappings (``None`` read as empty)."""
+    for name in names:
+        value = {} if getattr(obj, name) is None else getattr(obj, name)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        _set(obj, **{name: value})
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOverride:
+    """Overrides of the checkpoint's task (or, per cell of a task suite, the cell's task)."""
+
+    family: Optional[str] = None
+    family_kwargs: Optional[dict] = None
+    config: Optional[dict] = None
+
+    def __post_init__(self):
+        if self.family is not None and not isinstance(self.family, str):
+            raise ConfigError(f"family: expected a task family name, got {self.family!r}")
+        _mappings(self, "family_kwargs", "config")
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A hand-designed baseline: tuned over ``grid`` ([lowest, highest] learning rate) or run at a fixed
+    ``learning_rate``; ``hyper`` holds further keyword arguments of its ``metaopt.baselines`` factory."""
+
+    grid: Any = None
+    learning_rate: Any = None
+    hyper: Optional[dict] = None
+
+    def __post_init__(self):
+        _mappings(self, "hyper")
+        if self.learning_rate is not None:
+            _set(self, learning_rate=_positive(self.learning_rate, "learning_rate"), grid=None)
+            return
+        if not isinstance(self.grid, tuple) or len(self.grid) != 2:
+            raise ConfigError(f"grid: expected [lowest, highest] learning rates, got {self.grid!r}")
+        lo, hi = (_positive(x, "grid") for x in self.grid)
+        if not lo < hi:
+            raise ConfigError(f"grid: lowest must be below highest, got {list(self.grid)!r}")
+        _set(self, grid=(lo, hi))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """How baselines' learning rates are tuned (log-spaced grids extended past an edge optimum)."""
+
+    num_points: Any = 9
+    mode: str = "per_cell"
+    select_by: str = "train"
+    schedule: str = "cosine"
+    warmup_fraction: Any = 0.05
+    extend: bool = True
+    max_extensions: Any = 2
+    seed: Any = 1000
+
+    def __post_init__(self):
+        _set(self, num_points=_positive(self.num_points, "num_points", integer=True))
+        if self.num_points < 3:
+            raise ConfigError(f"num_points: need at least 3 to tell an interior optimum, got {self.num_points}")
+        for name, choices in (("mode", TUNING_MODES), ("select_by", SELECT_BY), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
+        _in_range(self.warmup_fraction, "warmup_fraction", 0, 1, "a number in [0, 1)")
+        _bool(self.extend, "extend")
+        if not isinstance(self.max_extensions, int) or isinstance(self.max_extensions, bool) or self.max_extensions < 0:
+            raise ConfigError(f"max_extensions: expected an integer >= 0, got {self.max_extensions!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
+            # jax.random.key keeps 32 bits of a seed
+            raise ConfigError(f"seed: expected an integer in [0, {2**32 - 1}], got {self.seed!r}")
+
+
+def _cells(values: Any) -> dict:
+    """The cells of a task suite: name -> TaskOverride of a family (a name alone names the family)."""
+    if not isinstance(values, dict) or not values:
+        raise ConfigError("values: axis task needs a mapping cell name -> {family, family_kwargs, config}")
+    cells = {}
+    for name, spec in values.items():
+        if spec is None:  # values.NAME=null drops a cell
+            continue
+        if not all(c.isalnum() or c in "_.-" for c in str(name)):
+            raise ConfigError(f"values.{name}: a cell name must be letters, digits, '_', '-' or '.'")
+        cell = build(TaskOverride, {"family": spec} if isinstance(spec, str) else spec, f"values.{name}")
+        if cell.family is None:
+            raise ConfigError(f"values.{name}.family: expected a task family name")
+        cells[str(name)] = cell
+    if not cells:
+        raise ConfigError("values: every cell of the task suite was dropped")
+    return cells
+
+
+def _factors(values: Any, axis: str) -> tuple:
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = (values,)
+    if not isinstance(values, tuple) or not values:
+        raise ConfigError(f"values: axis {axis} needs a non-empty list of factors, got {values!r}")
+    factors = [_positive(v, "values", integer=axis in ("width", "depth")) for v in values]
+    if axis == "horizon":
+        factors = [int(v) if float(v).is_integer() else v for v in factors]
+    if len(set(factors)) != len(factors):
+        raise ConfigError(f"values: repeated factor in {factors}")
+    return tuple(factors)
+
+
+def _baselines(value: Any) -> dict:
+    """Baselines by name: a list of names takes their default grids; ``name: null`` drops one."""
+    if isinstance(value, tuple):
+        for name in value:
+            if name not in LR_RANGES:
+                raise ConfigError(f"baselines: unknown baseline {name!r}; known: {sorted(LR_RANGES)}")
+        value = {name: {} for name in value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"baselines: expected a list of names or a mapping, got {value!r}")
+    out = {}
+    for name, spec in value.items():
+        if spec is None:
+            continue
+        if name not in LR_RANGES:
+            raise ConfigError(f"baselines: unknown baseline {name!r}; known: {sorted(LR_RANGES)}")
+        if not isinstance(spec, (dict, Baseline)):
+            raise ConfigError(f"baselines.{name}: expected a mapping with grid or learning_rate")
+        if isinstance(spec, dict):
+            spec = build(Baseline, {"grid": tuple(LR_RANGES[name]), **spec}, f"baselines.{name}")
+        out[name] = spec
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """An evaluation suite (see the module docstring for every field)."""
+
+    suite: Any = None
+    description: Any = ""
+    axis: Any = None
+    values: Any = None
+    horizon_factor: Any = 1
+    task: TaskOverride = TaskOverride()
+    base_num_steps: Any = None
+    seeds: Any = 3
+    learned: bool = True
+    baselines: Any = DEFAULT_BASELINES
+    tuning: Tuning = Tuning()
+    final_window: Any = 0.05
+    curve_points: Any = 200
+    max_params: Any = None
+    memory_fraction: Any = 0.8
+    skip_seen_families: bool = True
+    confidence: Any = 0.95
+    divergence_tolerance: Any = 0.05
+
+    def __post_init__(self):
+        name = self.suite
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_.-" for c in name):
+            raise ConfigError(f"suite: the name must be letters, digits, '_', '-' or '.', got {name!r}")
+        if self.axis not in AXES:
+            raise ConfigError(f"axis: expected one of {AXES}, got {self.axis!r}")
+        values = _cells(self.values) if self.axis == "task" else _factors(self.values, self.axis)
+        horizon_factor = _positive(self.horizon_factor, "horizon_factor")
+        _set(self, values=values, horizon_factor=int(horizon_factor) if horizon_factor.is_integer() else horizon_factor,
+             description=str(self.description), baselines=_baselines(self.baselines))
+        if self.base_num_steps is not None:
+            _set(self, base_num_steps=_positive(self.base_num_steps, "base_num_steps", integer=True))
+        _set(self, seeds=_positive(self.seeds, "seeds", integer=True))
+        _bool(self.learned, "learned")
+        if not self.learned and not self.baselines:
+            raise ConfigError("learned: nothing to evaluate (learned is false and no baselines)")
+        if self.tuning.mode == "transfer" and self.axis == "task":
+            raise ConfigError("tuning.mode: 'transfer' needs a width, depth or horizon axis (got axis task)")
+        if self.tuning.seed < self.seeds:
+            raise ConfigError(f"tuning.seed: must differ from the reported seeds 0..{self.seeds - 1}, "
+                              f"got {self.tuning.seed}")
+        window = _positive(self.final_window, "final_window")
+        _set(self, final_window=_positive(window, "final_window", integer=True) if window >= 1 else window,
+             curve_points=_positive(self.curve_points, "curve_points", integer=True))
+        if self.max_params is not None:
+            _set(self, max_params=_positive(self.max_params, "max_params"))
+        _in_range(self.memory_fraction, "memory_fraction", 0, 1, "a number in (0, 1]", low_open=True, high_open=False)
+        _bool(self.skip_seen_families, "skip_seen_families")
+        if not isinstance(self.confidence, float) or not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence: expected a number in (0, 1), got {self.confidence!r}")
+        _in_range(self.divergence_tolerance, "divergence_tolerance", 0, math.inf, "a number >= 0")
+        _set(self, divergence_tolerance=float(self.divergence_tolerance))
 
 
 def shipped_suites() -> dict[str, Any]:
     """Name -> resource of every suite YAML shipped in ``metaopt.configs``."""
     out = {}
-    root = importlib.resources.files("metaopt.configs")
-    for entry in root.iterdir():
+    for entry in importlib.resources.files("metaopt.configs").iterdir():
         if not entry.name.endswith((".yaml", ".yml")):
             continue
         try:
-            data = yaml.safe_load(entry.read_text())
-        except yaml.YAMLError:
+            data = parse_yaml(entry.read_text(), entry.name)
+        except ConfigError:
             continue
         if isinstance(data, dict) and data.get("suite"):
             out[os.path.splitext(entry.name)[0]] = entry
@@ -137,142 +304,41 @@ def read_suite(suite: str) -> dict:
     """The raw mapping of ``suite`` (a shipped suite's name or a path to a YAML file).
 
     Raises:
-      ValueError: unknown suite, unreadable file, or a file that is not a suite.
+      ConfigError: unknown suite, unreadable file, or a file that is not a suite.
     """
     if not isinstance(suite, str) or not suite:
-        raise ValueError(f"suite: expected a suite name or a YAML path, got {suite!r}")
-    looks_like_path = suite.endswith((".yaml", ".yml")) or os.sep in suite or os.path.isfile(suite)
-    if os.path.isdir(suite):
-        raise ValueError(f"suite: {suite!r} is a folder; expected a suite YAML file or a shipped suite's name")
-    if looks_like_path:
-        if not os.path.isfile(suite):
-            raise ValueError(f"suite: no such file {suite!r}")
-        try:
-            with open(suite, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"suite: {suite!r} is not UTF-8 text (byte {e.start}); expected a YAML file") from None
-        where = suite
+        raise ConfigError(f"suite: expected a suite name or a YAML path, got {suite!r}")
+    if suite.endswith((".yaml", ".yml")) or os.sep in suite or os.path.exists(suite):
+        data = read_yaml(suite, "suite")
     else:
         shipped = shipped_suites()
         if suite not in shipped:
-            raise ValueError(f"suite: unknown suite {suite!r}; shipped: {sorted(shipped)}")
-        text = shipped[suite].read_text()
-        where = suite
-    try:
-        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or ""
-        if "duplicate key" in problem:
-            raise ValueError(f"suite: {where}: {problem}; each key may appear once") from None
-        raise ValueError(f"suite: {where} is not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"suite: unknown suite {suite!r}; shipped: {sorted(shipped)}")
+        data = parse_yaml(shipped[suite].read_text(), f"suite: {suite}")
     if not isinstance(data, dict) or not data.get("suite"):
-        raise ValueError(f"suite: {where} is not an evaluation suite (no top-level 'suite:' name)")
+        raise ConfigError(f"suite: {suite} is not an evaluation suite (no top-level 'suite:' name)")
     return data
 
 
-def _merge(base: dict, update: dict, path: tuple[str, ...]) -> dict:
-    if not isinstance(base, dict):
-        raise ValueError(f"{'.'.join(path)}: is not a mapping; set it whole ({'.'.join(path)}=...)")
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        sub = path + (str(key),)
-        if key not in out and not _is_free(path):
-            where = ".".join(sub)
-            raise ValueError(f"{where}: unknown key; known: {sorted(out)}")
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, sub)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def apply_overrides(raw: dict, overrides: Any) -> dict:
+    """``raw`` with ``key=value`` overrides applied in order (see ``metaopt.configuration``).
 
-
-_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
-
-
-def _numbers(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string; such strings become floats."""
-    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        return float(value)
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return value
-
-
-def parse_overrides(overrides: Any) -> list[tuple[tuple[str, ...], Any]]:
-    """``["a.b=1", ...]`` or a mapping ``{"a.b": 1}`` -> ``[(("a", "b"), 1), ...]``; values parsed as YAML."""
-    if overrides is None:
-        return []
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    elif isinstance(overrides, str):
-        raise ValueError(f"override: expected a list of key=value strings, got the string {overrides!r}")
-    else:
-        items = []
-        for item in overrides:
-            if not isinstance(item, str) or "=" not in item:
-                raise ValueError(f"override: expected key=value, got {item!r}")
-            key, text = item.split("=", 1)
-            try:
-                value = yaml.safe_load(text) if text.strip() else None
-            except yaml.YAMLError:
-                raise ValueError(f"{key}: cannot parse value {text!r}") from None
-            items.append((key, value))
-    out = []
-    for key, value in items:
-        parts = tuple(str(key).strip().split("."))
-        if any(not p for p in parts):
-            raise ValueError(f"override: bad key {key!r}")
-        out.append((parts, _numbers(value)))
-    return out
-
-
-def _nest(path: tuple[str, ...], value: Any) -> dict:
-    for part in reversed(path):
-        value = {part: value}
-    return value
-
-
-def apply_overrides(config: dict, overrides: Any) -> dict:
-    """``config`` with ``key=value`` overrides applied in order; unknown keys raise ``ValueError``.
-
-    Setting ``baselines`` whole (a list of names or a mapping) replaces the suite's baselines; every
-    other mapping value is merged into what is there.
+    ``baselines`` is kept a mapping (a list of names takes their default grids), so that
+    ``baselines=[adamw, lion] baselines.adamw.grid=[1e-3, 1]`` narrows the list, then one grid.
     """
-    for path, value in parse_overrides(overrides):
-        if path == ("baselines",):
-            config = {**config, "baselines": copy.deepcopy(_baselines_mapping(value))}
-        else:
-            config = _merge(config, _nest(path, value), ())
-    return config
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        raise ConfigError(f"override: expected a list of key=value strings, got the string {overrides!r}")
+    def named(raw):
+        if isinstance(raw.get("baselines"), (list, tuple)):
+            raw["baselines"] = {name: {} for name in raw["baselines"]}
+        return raw
 
-
-def _baselines_mapping(value: Any) -> dict:
-    if value is None:
-        return {}
-    if isinstance(value, (list, tuple)):
-        out = {}
-        for name in value:
-            if name not in LR_RANGES:
-                raise ValueError(f"baselines: unknown baseline {name!r}; known: {sorted(LR_RANGES)}")
-            out[name] = {"grid": list(LR_RANGES[name]), "hyper": {}}
-        return out
-    if isinstance(value, dict):
-        return value
-    raise ValueError(f"baselines: expected a list of names or a mapping, got {value!r}")
-
-
-def _positive_number(value: Any, field: str, integer: bool = False) -> float:
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and value > 0)
-    if integer:
-        ok = ok and float(value) == int(value)
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{field}: expected {kind}, got {value!r}")
-    return int(value) if integer else float(value)
+    raw = named(dict(raw))
+    for item in overrides or ():
+        raw = named(_apply(raw, [item]))
+    return raw
 
 
 def load_suite(suite: str, overrides: Any = None) -> dict:
@@ -286,171 +352,11 @@ def load_suite(suite: str, overrides: Any = None) -> dict:
       A plain mapping (JSON-serialisable) with every field present.
 
     Raises:
-      ValueError: naming the field, for an unknown key or a bad value.
+      ConfigError: naming the field, for an unknown key or a bad value.
     """
     raw = read_suite(suite)
-    raw = dict(raw)
-    if "baselines" in raw:
-        raw["baselines"] = _baselines_mapping(raw["baselines"])
-    config = copy.deepcopy(DEFAULTS)
-    config["baselines"] = {}
-    config = _merge(config, raw, ())
-    if "baselines" not in raw:
-        config["baselines"] = copy.deepcopy(DEFAULTS["baselines"])
-    config = apply_overrides(config, overrides)
-    return validate_suite(config)
-
-
-def validate_suite(config: dict) -> dict:
-    """Checks every field of a merged suite; returns it with baselines filled in and types fixed."""
-    config = copy.deepcopy(config)
-    name = config["suite"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"suite: the name must be letters, digits, '_', '-' or '.', got {name!r}")
-    axis = config["axis"]
-    if axis not in AXES:
-        raise ValueError(f"axis: expected one of {AXES}, got {axis!r}")
-    values = config["values"]
-    if axis == "task":
-        if not isinstance(values, dict) or not values:
-            raise ValueError("values: axis task needs a mapping cell name -> {family, family_kwargs, config}")
-        cells = {}
-        for cell_name, spec in values.items():
-            cell_name = str(cell_name)
-            if spec is None:  # values.NAME=null drops a cell
-                continue
-            if not _NAME_RE.match(cell_name):
-                raise ValueError(f"values.{cell_name}: a cell name must be letters, digits, '_', '-' or '.'")
-            if isinstance(spec, str):
-                spec = {"family": spec}
-            if not isinstance(spec, dict) or not isinstance(spec.get("family"), str):
-                raise ValueError(f"values.{cell_name}.family: expected a task family name")
-            unknown = sorted(set(spec) - {"family", "family_kwargs", "config"})
-            if unknown:
-                raise ValueError(f"values.{cell_name}: unknown key(s) {unknown}; "
-                                 "known: family, family_kwargs, config")
-            for sub in ("family_kwargs", "config"):
-                spec.setdefault(sub, {})
-                if spec[sub] is None:
-                    spec[sub] = {}
-                if not isinstance(spec[sub], dict):
-                    raise ValueError(f"values.{cell_name}.{sub}: expected a mapping")
-            cells[cell_name] = spec
-        if not cells:
-            raise ValueError("values: every cell of the task suite was dropped")
-        config["values"] = cells
-    else:
-        if isinstance(values, (int, float)) and not isinstance(values, bool):
-            values = [values]
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ValueError(f"values: axis {axis} needs a non-empty list of factors, got {values!r}")
-        integer = axis in ("width", "depth")
-        factors = [_positive_number(v, "values", integer=integer) for v in values]
-        if axis == "horizon":
-            factors = [int(v) if float(v).is_integer() else v for v in factors]
-        if len(set(factors)) != len(factors):
-            raise ValueError(f"values: repeated factor in {factors}")
-        config["values"] = factors
-    config["horizon_factor"] = _positive_number(config["horizon_factor"], "horizon_factor")
-    if float(config["horizon_factor"]).is_integer():
-        config["horizon_factor"] = int(config["horizon_factor"])
-
-    task = config["task"]
-    if not isinstance(task, dict):
-        raise ValueError("task: expected a mapping with family, family_kwargs, config")
-    if task["family"] is not None and not isinstance(task["family"], str):
-        raise ValueError(f"task.family: expected a family name, got {task['family']!r}")
-    for sub in ("family_kwargs", "config"):
-        if task[sub] is None:
-            task[sub] = {}
-        if not isinstance(task[sub], dict):
-            raise ValueError(f"task.{sub}: expected a mapping, got {task[sub]!r}")
-    if config["base_num_steps"] is not None:
-        config["base_num_steps"] = _positive_number(config["base_num_steps"], "base_num_steps", integer=True)
-    config["seeds"] = _positive_number(config["seeds"], "seeds", integer=True)
-    if not isinstance(config["learned"], bool):
-        raise ValueError(f"learned: expected true or false, got {config['learned']!r}")
-
-    baselines = _baselines_mapping(config["baselines"])
-    resolved = {}
-    for bname, spec in baselines.items():
-        if spec is None:
-            continue
-        if bname not in LR_RANGES:
-            raise ValueError(f"baselines: unknown baseline {bname!r}; known: {sorted(LR_RANGES)}")
-        if not isinstance(spec, dict):
-            raise ValueError(f"baselines.{bname}: expected a mapping with grid or learning_rate")
-        unknown = sorted(set(spec) - {"grid", "learning_rate", "hyper"})
-        if unknown:
-            raise ValueError(f"baselines.{bname}: unknown key(s) {unknown}; "
-                             "known: grid, learning_rate, hyper")
-        out = {"grid": None, "learning_rate": None, "hyper": dict(spec.get("hyper") or {})}
-        if spec.get("learning_rate") is not None:
-            out["learning_rate"] = _positive_number(spec["learning_rate"], f"baselines.{bname}.learning_rate")
-        else:
-            grid = spec.get("grid", list(LR_RANGES[bname]))
-            if (not isinstance(grid, (list, tuple)) or len(grid) != 2):
-                raise ValueError(f"baselines.{bname}.grid: expected [lowest, highest] learning rates, "
-                                 f"got {grid!r}")
-            lo = _positive_number(grid[0], f"baselines.{bname}.grid")
-            hi = _positive_number(grid[1], f"baselines.{bname}.grid")
-            if not lo < hi:
-                raise ValueError(f"baselines.{bname}.grid: lowest must be below highest, got {grid!r}")
-            out["grid"] = [lo, hi]
-        resolved[bname] = out
-    config["baselines"] = resolved
-    if not config["learned"] and not resolved:
-        raise ValueError("learned: nothing to evaluate (learned is false and no baselines)")
-
-    tuning = config["tuning"]
-    tuning["num_points"] = _positive_number(tuning["num_points"], "tuning.num_points", integer=True)
-    if tuning["num_points"] < 3:
-        raise ValueError("tuning.num_points: need at least 3 to tell an interior optimum, "
-                         f"got {tuning['num_points']}")
-    if tuning["mode"] not in TUNING_MODES:
-        raise ValueError(f"tuning.mode: expected one of {TUNING_MODES}, got {tuning['mode']!r}")
-    if tuning["mode"] == "transfer" and axis == "task":
-        raise ValueError("tuning.mode: 'transfer' needs a width, depth or horizon axis (got axis task)")
-    if tuning["select_by"] not in SELECT_BY:
-        raise ValueError(f"tuning.select_by: expected one of {SELECT_BY}, got {tuning['select_by']!r}")
-    if tuning["schedule"] not in SCHEDULES:
-        raise ValueError(f"tuning.schedule: expected one of {SCHEDULES}, got {tuning['schedule']!r}")
-    wf = tuning["warmup_fraction"]  # NaN fails the range test below
-    if not isinstance(wf, (int, float)) or isinstance(wf, bool) or not 0 <= wf < 1:
-        raise ValueError(f"tuning.warmup_fraction: expected a number in [0, 1), got {wf!r}")
-    if not isinstance(tuning["extend"], bool):
-        raise ValueError(f"tuning.extend: expected true or false, got {tuning['extend']!r}")
-    me = tuning["max_extensions"]
-    if not isinstance(me, int) or isinstance(me, bool) or me < 0:
-        raise ValueError(f"tuning.max_extensions: expected an integer >= 0, got {me!r}")
-    if (not isinstance(tuning["seed"], int) or isinstance(tuning["seed"], bool)
-            or not 0 <= tuning["seed"] <= 2**32 - 1):  # jax.random.key keeps 32 bits of a seed
-        raise ValueError(f"tuning.seed: expected an integer in [0, {2**32 - 1}], got {tuning['seed']!r}")
-    if tuning["seed"] < config["seeds"]:
-        raise ValueError(f"tuning.seed: must differ from the reported seeds 0..{config['seeds'] - 1}, "
-                         f"got {tuning['seed']}")
-
-    config["final_window"] = _positive_number(config["final_window"], "final_window")
-    if config["final_window"] >= 1:
-        config["final_window"] = _positive_number(config["final_window"], "final_window", integer=True)
-    config["curve_points"] = _positive_number(config["curve_points"], "curve_points", integer=True)
-    if config["max_params"] is not None:
-        config["max_params"] = _positive_number(config["max_params"], "max_params")
-    mf = config["memory_fraction"]
-    if not isinstance(mf, (int, float)) or isinstance(mf, bool) or not 0 < mf <= 1:
-        raise ValueError(f"memory_fraction: expected a number in (0, 1], got {mf!r}")
-    if not isinstance(config["skip_seen_families"], bool):
-        raise ValueError(f"skip_seen_families: expected true or false, got {config['skip_seen_families']!r}")
-    conf = config["confidence"]
-    if not isinstance(conf, float) or not 0 < conf < 1:
-        raise ValueError(f"confidence: expected a number in (0, 1), got {conf!r}")
-    tol = config["divergence_tolerance"]
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol < math.inf:
-        raise ValueError(f"divergence_tolerance: expected a number >= 0, got {tol!r}")
-    config["divergence_tolerance"] = float(tol)
-    if not isinstance(config["description"], str):
-        config["description"] = str(config["description"])
-    return config
+    raw["baselines"] = raw.get("baselines", list(DEFAULT_BASELINES))
+    return to_plain(build(Suite, apply_overrides(raw, overrides)))
 
 
 @dataclasses.dataclass(frozen=True)

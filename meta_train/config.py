@@ -1,7 +1,6 @@
-"""The meta-training config: schema, defaults, ``key=value`` overrides and validation.
+"""The meta-training config: frozen dataclasses built from YAML and ``key=value`` overrides.
 
-A config is a YAML mapping read with ``yaml.safe_load`` semantics (nothing in it is executed) with
-these sections::
+A config file holds these sections (``--print-config`` prints one resolved)::
 
     name: quickstart            # run name; the default run folder is runs/<name>
     seed: 0                     # seeds theta, the task draws and every outer step's key
@@ -22,7 +21,7 @@ these sections::
     lopt:
       kind: mlp_lopt            # mlp_lopt | lean_lopt | learned_schedule, then that class's fields
     estimator:
-      name: pes                 # tbptt | pes | truncated_es | es, then its keyword arguments
+      name: pes                 # tbptt | pes | truncated_es | es, then its settings
     outer:
       optimizer: adamw          # adamw | adam
       learning_rate: 3.0e-3     # peak learning rate, reached after warmup_steps
@@ -33,25 +32,25 @@ these sections::
       schedule_history: []      # [until_step, outer_steps] per extension: steps before until_step
                                 # follow the schedule of that length (written when a run is extended)
 
-Validation never touches the file system beyond reading the config file, so a bad config is
-rejected before anything is created or written. Counts are bounded so that they fit the int32 step
-counters and the uint32 seed of ``jax.random.key`` (a larger seed would silently collide with a
-smaller one), floats must be finite, and a mapping that repeats a key is refused rather than
-letting the last one win.
+Each section is a dataclass that checks its own fields (the learned optimizer's and the estimator's
+are their own classes, ``metaopt.MLPLOpt``, ``metaopt.meta.TruncationConfig`` ...), built by
+``metaopt.configuration``. Resolving never touches the file system beyond reading the config file,
+so a bad config is rejected before anything is created or written. Counts fit the int32 step
+counters and the seed the uint32 of ``jax.random.key`` (a larger seed would silently collide with a
+smaller one). The resolved config is plain data with every setting spelled out, the form written to
+a run folder's ``config.yaml`` and compared on resume.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import os
-import re
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
-from metaopt.config_yaml import ConfigLoader
+from metaopt import validation as v
+from metaopt.configuration import ConfigError, apply_overrides as _apply, build, build_tagged, parse_yaml, read_yaml, to_plain
 from metaopt.population import Execution
 
 # The estimators' names; ``metaopt.meta.trainer.ESTIMATORS`` is the same tuple (a test checks it).
@@ -60,10 +59,10 @@ from metaopt.population import Execution
 ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
 
 __all__ = [
-    "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "DEFAULTS", "MAX_STEPS",
-    "MAX_SEED", "ConfigError", "parse_yaml", "shipped_config_path", "read_config_file",
-    "apply_overrides", "resolve", "load_config", "semantic", "trajectory", "schedule_horizon",
-    "schedule_difference", "run_difference", "dump", "describe_difference",
+    "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "MAX_STEPS", "MAX_SEED",
+    "ConfigError", "TaskSection", "OuterSection", "RunConfig", "parse_yaml", "shipped_config_path",
+    "read_config_file", "apply_overrides", "resolve", "load_config", "semantic", "trajectory",
+    "schedule_horizon", "schedule_difference", "run_difference", "dump", "describe_difference",
 ]
 
 LOPT_KINDS = ("mlp_lopt", "lean_lopt", "learned_schedule")
@@ -72,61 +71,149 @@ OUTER_OPTIMIZERS = ("adamw", "adam")
 # Fields that do not change what is computed: a run may be resumed with them changed.
 RESUMABLE_FIELDS = ("run_dir", "log_every", "checkpoint_every", "devices", "stall_steps", "execution")
 
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "run_dir": None,
-    "outer_steps": 100,
-    "checkpoint_every": 50,
-    "log_every": 10,
-    "devices": None,
-    "stall_steps": 10,
-    "execution": {"member_map": "auto", "member_batch": 1},
-    "task": {
-        "family": None,
-        "family_kwargs": {},
-        "configs": [{}],
-        "num_sampled_groups": 0,
-    },
-    "lopt": {"kind": "mlp_lopt"},
-    "estimator": {"name": "pes"},
-    "outer": {
-        "optimizer": "adamw",
-        "learning_rate": 3e-3,
-        "warmup_steps": 0,
-        "final_learning_rate": None,
-        "weight_decay": 0.0,
-        "clip_norm": 1.0,
-        "schedule_history": [],
-    },
-}
-
-# Estimator settings whose type is checked here; the others are passed on as given and checked by
-# the estimator itself. Which settings an estimator takes is ``metaopt.meta.estimator_settings``.
-_ESTIMATOR_POSITIVE_INTS = ("num_tasks", "num_perturbations", "population_size", "truncation_length",
-                            "min_horizon", "max_horizon", "num_steps")
-_ESTIMATOR_POSITIVE_FLOATS = ("sigma", "max_meta_loss")
-
-# Largest count of steps (outer steps, inner steps, horizons): step counters are int32.
-MAX_STEPS = 2**31 - 1
-# Largest seed: ``jax.random.key`` keeps 32 bits of it (2**32 gives the same key as 0).
-MAX_SEED = 2**32 - 1
+MAX_STEPS = v.MAX_INT32
+MAX_SEED = 2**32 - 1  # ``jax.random.key`` keeps 32 bits of a seed (2**32 gives the key of 0)
 
 
-class ConfigError(ValueError):
-    """A bad config value; the message is one line that starts with the dotted field name."""
+@dataclasses.dataclass(frozen=True)
+class TaskSection:
+    """The task groups: ``configs`` (one mapping of the family's fields per group) or
+    ``num_sampled_groups`` drawn with ``family.sample``; a group's mapping may name another family."""
+
+    family: Optional[str] = None
+    family_kwargs: dict = dataclasses.field(default_factory=dict)
+    configs: Optional[tuple] = None
+    num_sampled_groups: int = 0
+
+    def __post_init__(self):
+        if self.family is None:
+            raise ConfigError("family: missing; expected a task family name")
+        _check_name(self.family, "family", pattern=False)
+        v.check_int(self.num_sampled_groups, "num_sampled_groups", 0, MAX_STEPS)
+        if not isinstance(self.family_kwargs, dict):
+            raise ConfigError(f"family_kwargs: expected a mapping, got {self.family_kwargs!r}")
+        configs = self.configs
+        if configs is None:
+            configs = () if self.num_sampled_groups else ({},)
+        if not isinstance(configs, tuple):
+            raise ConfigError(f"configs: expected a list of mappings, got {configs!r}")
+        for i, c in enumerate(configs):
+            if not isinstance(c, dict):
+                raise ConfigError(f"configs[{i}]: expected a mapping, got {c!r}")
+        if self.num_sampled_groups and configs:
+            raise ConfigError("num_sampled_groups: give either task.configs or task.num_sampled_groups, not both")
+        if not self.num_sampled_groups and not configs:
+            raise ConfigError("configs: expected at least one task group")
+        object.__setattr__(self, "configs", configs)
 
 
-def parse_yaml(text: str, where: str) -> Any:
-    """Parses YAML text safely; raises ``ConfigError`` naming ``where`` on a syntax error."""
-    try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None)
-        if problem and "duplicate key" in problem:
-            raise ConfigError(f"{where}: {problem}; each key may appear once") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid YAML"
-        raise ConfigError(f"{where}: invalid YAML ({first})") from None
+@dataclasses.dataclass(frozen=True)
+class OuterSection:
+    """The outer optimizer of the gradient estimators (see ``run.make_outer_optimizer``)."""
+
+    optimizer: str = "adamw"
+    learning_rate: float = 3e-3
+    warmup_steps: int = 0
+    final_learning_rate: Optional[float] = None
+    weight_decay: float = 0.0
+    clip_norm: Optional[float] = 1.0
+    schedule_history: tuple = ()
+
+    def __post_init__(self):
+        v.check_choice(self.optimizer, "optimizer", OUTER_OPTIMIZERS)
+        v.check_number(self.learning_rate, "learning_rate", low=0.0, low_open=True)
+        v.check_int(self.warmup_steps, "warmup_steps", 0, MAX_STEPS)
+        v.check_number(self.final_learning_rate, "final_learning_rate", low=0.0, allow_none=True)
+        v.check_number(self.weight_decay, "weight_decay", low=0.0)
+        v.check_number(self.clip_norm, "clip_norm", low=0.0, low_open=True, allow_none=True)
+        if self.optimizer == "adam" and self.weight_decay:
+            raise ConfigError("weight_decay: must be 0 with outer.optimizer adam (use adamw)")
+        if self.final_learning_rate is not None and self.final_learning_rate > self.learning_rate:
+            raise ConfigError(f"final_learning_rate: must be <= outer.learning_rate ({self.learning_rate!r}), "
+                              f"got {self.final_learning_rate!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole meta-training config (see the module docstring). ``lopt`` and ``estimator`` hold the
+    settings of the classes their ``kind`` and ``name`` choose, every one spelled out."""
+
+    name: str = "run"
+    seed: int = 0
+    run_dir: Optional[str] = None
+    outer_steps: int = 100
+    checkpoint_every: int = 50
+    log_every: int = 10
+    devices: Optional[int] = None
+    stall_steps: int = 10
+    execution: Execution = Execution()
+    task: Optional[TaskSection] = None
+    lopt: dict = dataclasses.field(default_factory=lambda: {"kind": "mlp_lopt"})
+    estimator: dict = dataclasses.field(default_factory=lambda: {"name": "pes"})
+    outer: OuterSection = OuterSection()
+
+    def __post_init__(self):
+        _check_name(self.name, "name")
+        v.check_int(self.seed, "seed", 0, MAX_SEED)
+        run_dir = os.path.join("runs", self.name) if self.run_dir is None else self.run_dir
+        _check_name(run_dir, "run_dir", pattern=False)
+        object.__setattr__(self, "run_dir", run_dir)
+        for name in ("outer_steps", "checkpoint_every", "log_every", "stall_steps"):
+            v.check_int(getattr(self, name), name, 1, MAX_STEPS)
+        if self.devices is not None:
+            v.check_int(self.devices, "devices", 1, MAX_STEPS)
+        if self.task is None:
+            build(TaskSection, {}, "task")
+        for name, cls in (("execution", Execution), ("task", TaskSection), ("outer", OuterSection)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name}: expected a mapping, got {getattr(self, name)!r}")
+        _check_history(self.outer.schedule_history, self.outer_steps)
+        object.__setattr__(self, "lopt", _spelled_out(self.lopt, "lopt"))
+        object.__setattr__(self, "estimator", _spelled_out(self.estimator, "estimator"))
+
+
+def _check_name(value: Any, field: str, pattern: bool = True) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{field}: expected a non-empty string, got {value!r}")
+    if pattern and not all(c.isalnum() or c in "_.-" for c in value):
+        raise ConfigError(f"{field}: expected letters, digits, '_', '-' or '.', got {value!r}")
+
+
+def _check_history(value: Any, outer_steps: int) -> None:
+    field = "outer.schedule_history"
+    if not isinstance(value, tuple):
+        raise ConfigError(f"{field}: expected a list of [until_step, outer_steps] pairs, got {value!r}")
+    last_until, last_horizon = 0, 0
+    for i, entry in enumerate(value):
+        if (not isinstance(entry, tuple) or len(entry) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in entry)):
+            raise ConfigError(f"{field}[{i}]: expected [until_step, outer_steps] (two ints), got {entry!r}")
+        until, horizon = entry
+        if not last_until < until <= horizon or horizon <= last_horizon or horizon >= outer_steps:
+            raise ConfigError(f"{field}[{i}]: expected until_step above the previous one and at most "
+                              f"its outer_steps, which rise and stay below outer_steps ({outer_steps}), "
+                              f"got {list(entry)!r}")
+        last_until, last_horizon = until, horizon
+
+
+def _spelled_out(section: Any, field: str) -> dict:
+    """The ``lopt`` or ``estimator`` section with every setting of its class, checked by the class."""
+    if field == "lopt":
+        import metaopt  # noqa: F401 (registers the learned optimizer kinds)
+        from metaopt.learned_optimizer import lookup
+
+        def lopt_class(kind):
+            try:
+                return lookup(kind)
+            except ValueError:
+                raise ConfigError(f"lopt.kind: {kind!r} is not available in this installation") from None
+
+        kind, lopt = build_tagged(lopt_class, section, "lopt", "kind", "mlp_lopt", LOPT_KINDS)
+        return {"kind": kind, **to_plain(lopt.config())}
+    from metaopt.meta.trainer import estimator_config
+
+    name, settings = build_tagged(estimator_config, section, "estimator", "name", "pes", ESTIMATORS)
+    return {"name": name, **to_plain(settings)}
 
 
 def shipped_config_path(name: str) -> str | None:
@@ -144,269 +231,27 @@ def shipped_config_path(name: str) -> str | None:
 
 
 def read_config_file(path: str) -> dict:
-    """Reads a YAML config file; raises ``ConfigError`` for a missing file or non-mapping content.
-
-    A bare name that is not a file (``quickstart``) names a config shipped with metaopt, so an
-    installed package needs no checkout.
-    """
-    if os.path.isdir(path):
-        raise ConfigError(f"--config: {path!r} is a folder; expected a YAML file or a shipped "
-                          "config's name")
-    if not os.path.isfile(path):
-        shipped = shipped_config_path(path)
-        if shipped is None:
-            raise ConfigError(f"--config: no such file {path!r}")
-        path = shipped
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--config: {path!r} is not UTF-8 text (byte {e.start}); expected a "
-                          "YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"--config: cannot read {path!r} ({e.strerror})") from None
-    raw = parse_yaml(text, path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return raw
+    """Reads a YAML config file, or the shipped config of that name (``quickstart``)."""
+    if not os.path.exists(path):
+        path = shipped_config_path(path) or path
+    return read_yaml(path, "--config")
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Applies ``key=value`` overrides (dotted keys for nested fields) to a copy of ``config``.
-
-    Values are parsed as YAML scalars or flow collections (``4``, ``1e-3``, ``null``, ``[1, 2]``,
-    ``{width_multiplier: 2}``). ``estimator=pes`` and ``lopt=learned_schedule`` are shorthands for
-    ``estimator.name=pes`` and ``lopt.kind=learned_schedule``.
-
-    Raises:
-      ConfigError: for an override that is not ``key=value``.
-    """
-    config = copy.deepcopy(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {item!r}: expected key=value with a non-empty dotted key")
-        value = parse_yaml(text, key) if text.strip() else ""
-        parts = key.split(".")
-        if parts == ["estimator"] and isinstance(value, str):
-            parts = ["estimator", "name"]
-        if parts == ["lopt"] and isinstance(value, str):
-            parts = ["lopt", "kind"]
-        node = config
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(parts[:i + 1])}: is not a section, cannot set {key}")
-            node = child
-        node[parts[-1]] = value
-    return config
-
-
-# ---------------------------------------------------------------- field checks
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _int(value: Any, field: str, *, minimum: int = 1, maximum: int = MAX_STEPS) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ConfigError(f"{field}: expected {what}, got {value!r}")
-    if value > maximum:
-        raise ConfigError(f"{field}: expected an int in [{minimum}, {maximum}], got {value!r}")
-    return value
-
-
-def _float(value: Any, field: str, *, positive: bool = False, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{field}: expected a number, got {_type_name(value)} {value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{field}: expected a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"{field}: expected a positive number, got {value!r}")
-    if not positive and value < 0:
-        raise ConfigError(f"{field}: expected a number >= 0, got {value!r}")
-    return value
-
-
-def _str(value: Any, field: str, choices: tuple[str, ...] | None = None) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}: expected a non-empty string, got {_type_name(value)} {value!r}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{field}: got {value!r}, expected one of {list(choices)}")
-    return value
-
-
-def _mapping(value: Any, field: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{field}: expected a mapping, got {_type_name(value)} {value!r}")
-    for k in value:
-        if not isinstance(k, str):
-            raise ConfigError(f"{field}: keys must be strings, got {k!r}")
-    return value
-
-
-def _no_unknown(section: dict, known, field: str) -> None:
-    for key in section:
-        if key not in known:
-            prefix = f"{field}." if field else ""
-            raise ConfigError(f"{prefix}{key}: unknown key; known: {sorted(known)}")
-
-
-def _plain(value: Any, field: str) -> Any:
-    """Checks that a value is plain data (what a checkpoint's JSON metadata can hold), with every
-    float finite: no field of any section has a use for NaN or an infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{field}: expected a finite number, got {value!r}")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, list):
-        return [_plain(v, f"{field}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {str(k): _plain(v, f"{field}.{k}") for k, v in value.items()}
-    raise ConfigError(f"{field}: expected plain data, got {_type_name(value)}")
-
-
-# ---------------------------------------------------------------- the schema
+    """Applies ``key=value`` overrides to a copy of ``config`` (see ``metaopt.configuration``);
+    ``estimator=pes`` and ``lopt=learned_schedule`` set the section's name and kind."""
+    return _apply(config, overrides, {"estimator": "estimator.name", "lopt": "lopt.kind"})
 
 
 def resolve(raw: dict) -> dict:
-    """Fills defaults into ``raw`` and checks every field's name, type and range.
+    """The resolved config of ``raw``: every field checked, defaults filled in, as plain data.
 
-    Checks that need the other parts of metaopt (task family names and fields, learned optimizer
-    fields, estimator arguments, device counts) are made in ``metaopt.meta_train.run.build``.
-
-    Returns:
-      The resolved config: a plain dict of plain data, with every section present.
+    Checks that need the task family or the devices are made in ``metaopt.meta_train.run.build``.
 
     Raises:
       ConfigError: naming the first bad field.
     """
-    raw = _mapping(raw, "config")
-    _no_unknown(raw, DEFAULTS, "")
-    cfg: dict[str, Any] = {}
-    cfg["name"] = _str(raw.get("name", DEFAULTS["name"]), "name")
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg["name"]):
-        raise ConfigError(f"name: expected letters, digits, '_', '-' or '.', got {cfg['name']!r}")
-    cfg["seed"] = _int(raw.get("seed", DEFAULTS["seed"]), "seed", minimum=0, maximum=MAX_SEED)
-    run_dir = raw.get("run_dir", None)
-    cfg["run_dir"] = os.path.join("runs", cfg["name"]) if run_dir is None else _str(run_dir, "run_dir")
-    cfg["outer_steps"] = _int(raw.get("outer_steps", DEFAULTS["outer_steps"]), "outer_steps")
-    cfg["checkpoint_every"] = _int(raw.get("checkpoint_every", DEFAULTS["checkpoint_every"]),
-                                   "checkpoint_every")
-    cfg["log_every"] = _int(raw.get("log_every", DEFAULTS["log_every"]), "log_every")
-    devices = raw.get("devices", None)
-    cfg["devices"] = None if devices is None else _int(devices, "devices")
-    cfg["stall_steps"] = _int(raw.get("stall_steps", DEFAULTS["stall_steps"]), "stall_steps")
-    execution = _mapping(raw.get("execution"), "execution")
-    _no_unknown(execution, DEFAULTS["execution"], "execution")
-    try:
-        cfg["execution"] = dataclasses.asdict(Execution(**{**DEFAULTS["execution"], **execution}))
-    except ValueError as e:
-        raise ConfigError(f"execution.{e}") from None
-
-    task = _mapping(raw.get("task"), "task")
-    _no_unknown(task, DEFAULTS["task"], "task")
-    if task.get("family") is None:
-        raise ConfigError("task.family: missing; expected a task family name")
-    family_kwargs = _plain(_mapping(task.get("family_kwargs", {}), "task.family_kwargs"),
-                           "task.family_kwargs")
-    num_sampled = _int(task.get("num_sampled_groups", 0), "task.num_sampled_groups", minimum=0)
-    configs = task.get("configs", None)
-    if configs is None:
-        configs = [] if num_sampled else [{}]
-    if not isinstance(configs, list):
-        raise ConfigError(f"task.configs: expected a list of mappings, got {_type_name(configs)}")
-    if num_sampled and configs:
-        raise ConfigError("task.num_sampled_groups: give either task.configs or "
-                          "task.num_sampled_groups, not both")
-    if not num_sampled and not configs:
-        raise ConfigError("task.configs: expected at least one task group")
-    cfg["task"] = {
-        "family": _str(task["family"], "task.family"),
-        "family_kwargs": family_kwargs,
-        "configs": [_plain(_mapping(c, f"task.configs[{i}]"), f"task.configs[{i}]")
-                    for i, c in enumerate(configs)],
-        "num_sampled_groups": num_sampled,
-    }
-
-    lopt = _plain(_mapping(raw.get("lopt", DEFAULTS["lopt"]), "lopt"), "lopt")
-    lopt = dict(lopt)
-    lopt["kind"] = _str(lopt.get("kind", "mlp_lopt"), "lopt.kind", LOPT_KINDS)
-    cfg["lopt"] = lopt
-
-    est = dict(_plain(_mapping(raw.get("estimator", DEFAULTS["estimator"]), "estimator"), "estimator"))
-    from metaopt.meta.trainer import estimator_settings
-
-    est["name"] = _str(est.get("name", "pes"), "estimator.name", ESTIMATORS)
-    allowed = estimator_settings(est["name"])
-    for key in est:
-        if key != "name" and key not in allowed:
-            raise ConfigError(f"estimator.{key}: unknown key for estimator {est['name']!r}; "
-                              f"allowed: {['name', *allowed]}")
-    for key, value in est.items():
-        if key in _ESTIMATOR_POSITIVE_INTS:
-            _int(value, f"estimator.{key}")
-        elif key in _ESTIMATOR_POSITIVE_FLOATS:
-            est[key] = _float(value, f"estimator.{key}", positive=True)
-    cfg["estimator"] = est
-
-    outer = _mapping(raw.get("outer", {}), "outer")
-    _no_unknown(outer, DEFAULTS["outer"], "outer")
-    d = DEFAULTS["outer"]
-    cfg["outer"] = {
-        "optimizer": _str(outer.get("optimizer", d["optimizer"]), "outer.optimizer", OUTER_OPTIMIZERS),
-        "learning_rate": _float(outer.get("learning_rate", d["learning_rate"]), "outer.learning_rate",
-                                positive=True),
-        "warmup_steps": _int(outer.get("warmup_steps", d["warmup_steps"]), "outer.warmup_steps",
-                             minimum=0),
-        "final_learning_rate": _float(outer.get("final_learning_rate", d["final_learning_rate"]),
-                                      "outer.final_learning_rate", allow_none=True),
-        "weight_decay": _float(outer.get("weight_decay", d["weight_decay"]), "outer.weight_decay"),
-        "clip_norm": _float(outer.get("clip_norm", d["clip_norm"]), "outer.clip_norm", positive=True,
-                            allow_none=True),
-        "schedule_history": _schedule_history(outer.get("schedule_history", d["schedule_history"]),
-                                              cfg["outer_steps"]),
-    }
-    if cfg["outer"]["optimizer"] == "adam" and cfg["outer"]["weight_decay"]:
-        raise ConfigError("outer.weight_decay: must be 0 with outer.optimizer adam (use adamw)")
-    o = cfg["outer"]
-    if o["final_learning_rate"] is not None and o["final_learning_rate"] > o["learning_rate"]:
-        raise ConfigError(f"outer.final_learning_rate: must be <= outer.learning_rate "
-                          f"({o['learning_rate']!r}), got {o['final_learning_rate']!r}")
-    return cfg
-
-
-def _schedule_history(value: Any, outer_steps: int) -> list:
-    field = "outer.schedule_history"
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{field}: expected a list of [until_step, outer_steps] pairs, got {value!r}")
-    out, last_until, last_horizon = [], 0, 0
-    for i, entry in enumerate(value):
-        if (not isinstance(entry, (list, tuple)) or len(entry) != 2
-                or any(isinstance(x, bool) or not isinstance(x, int) for x in entry)):
-            raise ConfigError(f"{field}[{i}]: expected [until_step, outer_steps] (two ints), got {entry!r}")
-        until, horizon = entry
-        if not last_until < until <= horizon or horizon <= last_horizon or horizon >= outer_steps:
-            raise ConfigError(f"{field}[{i}]: expected until_step above the previous one and at most "
-                              f"its outer_steps, which rise and stay below outer_steps ({outer_steps}), "
-                              f"got {list(entry)!r}")
-        out.append([until, horizon])
-        last_until, last_horizon = until, horizon
-    return out
+    return to_plain(build(RunConfig, raw))
 
 
 def load_config(path: str, overrides: list[str] = ()) -> dict:

@@ -36,6 +36,7 @@ from metaopt.meta_train.config import (MAX_STEPS, ConfigError, describe_differen
                                        schedule_difference, semantic, trajectory)
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
+from metaopt.configuration import build as build_dataclass, to_plain
 from metaopt.population import Execution
 from metaopt.schedules import make_schedule
 
@@ -106,51 +107,14 @@ def make_outer_optimizer(outer: dict, outer_steps: int) -> optax.GradientTransfo
 
 def _config_fields(config: Any) -> dict:
     """A task config as plain data accepted back by ``family.make_config``."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    return _plain(dict(config))
+    return to_plain(config if dataclasses.is_dataclass(config) else dict(config))
 
 
 def _build_lopt(spec: dict):
-    import metaopt
+    """The learned optimizer of a resolved ``lopt`` section."""
     from metaopt.learned_optimizer import lookup
 
-    del metaopt  # imported for its registrations of the learned optimizer kinds
-    kind = spec["kind"]
-    try:
-        cls = lookup(kind)
-    except ValueError:
-        raise ConfigError(f"lopt.kind: {kind!r} is not available in this installation") from None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in spec.items():
-        if name == "kind":
-            continue
-        if name not in fields:
-            raise ConfigError(f"lopt.{name}: unknown field for {kind}; known: {sorted(fields)}")
-        default = fields[name].default
-        if default is dataclasses.MISSING and fields[name].default_factory is not dataclasses.MISSING:
-            default = fields[name].default_factory()
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"lopt.{name}: expected true or false, got {value!r}")
-        elif isinstance(default, int) and default is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"lopt.{name}: expected an int, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"lopt.{name}: expected a number, got {value!r}")
-            value = float(value)
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise ConfigError(f"lopt.{name}: expected a string, got {value!r}")
-        if isinstance(value, list):
-            value = tuple(value)  # frozen dataclasses must stay hashable
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"lopt.{_first_line(e)}") from None
+    return build_dataclass(lookup(spec["kind"]), {k: v for k, v in spec.items() if k != "kind"}, "lopt")
 
 
 def _first_line(e: BaseException) -> str:
@@ -204,10 +168,6 @@ def _build_task_groups(task_cfg: dict, seed: int):
     return family, configs, tasks
 
 
-def _estimator_kwargs(est: dict) -> dict:
-    return {k: v for k, v in est.items() if k != "name"}
-
-
 class Built(NamedTuple):
     """Everything a run needs, built from a resolved config."""
 
@@ -240,7 +200,7 @@ def build(cfg: dict) -> Built:
     execution = Execution(**cfg["execution"]).resolved()
     cfg = dict(cfg, execution=dataclasses.asdict(execution))
     est = cfg["estimator"]
-    kwargs = _estimator_kwargs(est)
+    kwargs = {k: v for k, v in est.items() if k != "name"}
     try:
         trainer = make_meta_trainer(est["name"], lopt, tasks, outer_optimizer=outer_optimizer,
                                     outer_learning_rate=make_outer_schedule(cfg["outer"], cfg["outer_steps"]),
@@ -258,7 +218,6 @@ def build(cfg: dict) -> Built:
                               f"number of devices {n} (change the population or set devices=)")
     _check_step_counts(trainer)
     _check_memory(lopt, trainer, mesh)
-    cfg = _with_full_settings(cfg, lopt, trainer)
     return Built(cfg, family, task_configs, tasks, lopt, mesh, outer_optimizer, trainer)
 
 
@@ -303,18 +262,6 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def _with_full_settings(cfg: dict, lopt: Any, trainer: Any) -> dict:
-    """The config with every learned-optimizer field and estimator setting spelled out.
-
-    What is written to ``config.yaml`` and compared on resume is then the whole computation, not just
-    the values the user happened to set (defaults of other parts could change between versions).
-    """
-    cfg = dict(cfg)
-    cfg["lopt"] = {"kind": cfg["lopt"]["kind"], **_plain(lopt.config())}
-    cfg["estimator"] = {"name": cfg["estimator"]["name"], **_plain(trainer.config)}
-    return cfg
 
 
 # ---------------------------------------------------------------- the run folder

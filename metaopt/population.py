@@ -44,10 +44,10 @@ class Execution:
     member_batch: int = 1
 
     def __post_init__(self):
-        if self.member_map not in MEMBER_MAPS:
-            raise ValueError(f"member_map: got {self.member_map!r}, expected one of {MEMBER_MAPS}")
-        if isinstance(self.member_batch, bool) or not isinstance(self.member_batch, int) or self.member_batch < 1:
-            raise ValueError(f"member_batch: expected a positive int, got {self.member_batch!r}")
+        from metaopt import validation as v
+
+        v.check_choice(self.member_map, "member_map", MEMBER_MAPS)
+        v.check_int(self.member_batch, "member_batch", 1)
 
     def resolved(self, backend: Optional[str] = None) -> "Execution":
         """This execution with "auto" replaced by the choice for ``backend`` (default: jax's)."""

@@ -12,7 +12,10 @@ import numbers
 from typing import Any, Optional, Sequence
 
 
-__all__ = ["check_int", "check_bool", "check_number", "check_decays", "check_choice"]
+__all__ = ["MAX_INT32", "check_int", "check_bool", "check_number", "check_decays", "check_choice"]
+
+# The largest count a step counter (int32) holds.
+MAX_INT32 = 2**31 - 1
 
 
 def _is_int(value: Any) -> bool:
@@ -23,13 +26,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_int(value: Any, field: str, minimum: int = 1) -> int:
-    """An int >= ``minimum``."""
+def check_int(value: Any, field: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """An int >= ``minimum`` (and <= ``maximum`` when given)."""
     what = f"an int >= {minimum}"
     if not _is_int(value):
         raise TypeError(f"{field}: expected {what}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{field}: expected {what}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{field}: expected an int in [{minimum}, {maximum}], got {value!r}")
     return int(value)
 
 

@@ -125,20 +125,20 @@ def test_overrides_parse_dotted_keys_and_scalars():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("estimator.num_tasks=-3", "error: estimator.num_tasks: expected a positive int, got -3"),
+    ("estimator.num_tasks=-3", "error: estimator.num_tasks: expected an int >= 1, got -3"),
     ("outer_stepz=3", "error: outer_stepz: unknown key"),
     ("outer.learning_rate=fast", "error: outer.learning_rate: expected a number"),
-    ("estimator.name=sgd", "error: estimator.name: got 'sgd'"),
+    ("estimator.name=sgd", "error: estimator.name: expected one of"),
     ("seed=true", "error: seed: expected an int >= 0"),
     ("lopt.hidden_size=1.5", "error: lopt.hidden_size: expected an int"),
-    ("lopt.colour=red", "error: lopt.colour: unknown field"),
+    ("lopt.colour=red", "error: lopt.colour: unknown key for lopt 'mlp_lopt'"),
     ("task.family=imagenet", "error: task.family: unknown family 'imagenet'"),
     ("task.configs=[{base_width: 0}]", "error: task.configs[0]."),
     ("estimator.min_horizon=64", "error: estimator.min_horizon"),
     ("estimator.temperature=2", "error: estimator.temperature"),
     ("devices=8", "error: devices:"),
-    ("execution.member_map=pmap", "error: execution.member_map: got 'pmap'"),
-    ("execution.member_batch=0", "error: execution.member_batch: expected a positive int"),
+    ("execution.member_map=pmap", "error: execution.member_map: expected one of"),
+    ("execution.member_batch=0", "error: execution.member_batch: expected an int >= 1"),
     ("execution.rows=4", "error: execution.rows: unknown key"),
     ("not_a_pair", "error: override 'not_a_pair'"),
 ])
@@ -193,7 +193,7 @@ def test_run_folder_of_another_config_is_refused(reference_run, tiny_config, cap
     assert missing.stderr.strip().splitlines() == [f"error: --config: no such file '{tmp_path / 'missing.yaml'}'"]
     unknown = run_cli(env, tiny_config, f"run_dir={run_dir}", "estimator.num_tasks=-3")
     assert unknown.returncode == 2
-    assert unknown.stderr.strip().splitlines() == ["error: estimator.num_tasks: expected a positive int, got -3"]
+    assert unknown.stderr.strip().splitlines() == ["error: estimator.num_tasks: expected an int >= 1, got -3"]
     # A folder that is not a run folder is never reused or deleted, even with --fresh.
     other = tmp_path / "notes"
     other.mkdir()

@@ -19,7 +19,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -29,6 +28,7 @@ from evosax.algorithms import CMA_ES, PGPE, SNES, Open_ES
 from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 
 from metaopt import population
+from metaopt import validation as v
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import base, truncation
 from metaopt.meta import meta_loss as meta_loss_lib
@@ -91,10 +91,8 @@ class ESConfig:
             raise ValueError(f"strategy: got {self.strategy!r}, expected one of {STRATEGIES}")
         for name in ("population_size", "num_tasks_per_member", "num_steps", "min_horizon", "max_horizon"):
             value = getattr(self, name)
-            if value is None and name not in ("population_size", "num_tasks_per_member"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            if value is not None or name in ("population_size", "num_tasks_per_member"):
+                v.check_int(value, name, 1, v.MAX_INT32)
         if self.population_size < 2 or (self.strategy in ANTITHETIC_STRATEGIES and self.population_size % 2):
             raise ValueError(f"population_size: expected an even integer >= 2, got {self.population_size}")
         if self.min_horizon is not None and self.max_horizon is None:
@@ -104,10 +102,8 @@ class ESConfig:
         if self.horizon_sampling not in truncation.HORIZON_SAMPLINGS:
             raise ValueError(f"horizon_sampling: got {self.horizon_sampling!r}, "
                              f"expected one of {truncation.HORIZON_SAMPLINGS}")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma: expected a positive float, got {self.sigma!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate: expected a positive float, got {self.learning_rate!r}")
+        v.check_number(self.sigma, "sigma", low=0.0, low_open=True)
+        v.check_number(self.learning_rate, "learning_rate", low=0.0, low_open=True)
         if self.fitness not in FITNESS:
             raise ValueError(f"fitness: got {self.fitness!r}, expected one of {FITNESS}")
         if self.fitness_shaping not in FITNESS_SHAPINGS:
@@ -117,8 +113,7 @@ class ESConfig:
                              f"got strategy {self.strategy!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: got {self.optimizer!r}, expected one of {OPTIMIZERS}")
-        if self.max_meta_loss is not None and not self.max_meta_loss > 0:
-            raise ValueError(f"max_meta_loss: expected a positive float or None, got {self.max_meta_loss!r}")
+        v.check_number(self.max_meta_loss, "max_meta_loss", low=0.0, low_open=True, allow_none=True)
         meta_loss_lib.check_meta_loss_options(self.meta_loss, self.fitness, reduction_field="fitness")
 
     @property

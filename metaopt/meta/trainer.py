@@ -34,7 +34,8 @@ from metaopt.meta.tbptt import TBPTT
 from metaopt.meta.truncated_es import TruncatedES
 from metaopt.task_protocol import InnerTask
 
-__all__ = ["GRADIENT_ESTIMATORS", "ESTIMATORS", "MetaState", "MetaTrainer", "make_meta_trainer"]
+__all__ = ["GRADIENT_ESTIMATORS", "ESTIMATORS", "MetaState", "MetaTrainer", "estimator_config",
+           "estimator_settings", "make_meta_trainer"]
 
 PyTree = Any
 
@@ -140,15 +141,20 @@ class MetaTrainer:
         return state.theta
 
 
-def estimator_settings(estimator: str) -> tuple[str, ...]:
-    """The settings (keyword arguments of ``make_meta_trainer``) the named estimator takes.
+def estimator_config(estimator: str) -> type:
+    """The settings class of the named estimator (``TruncationConfig`` or ``ESConfig``).
 
     Raises:
       ValueError: for an unknown estimator.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: got {estimator!r}, expected one of {ESTIMATORS}")
-    return _config_fields(full_es.ESConfig if estimator == "es" else truncation.TruncationConfig)
+    return full_es.ESConfig if estimator == "es" else truncation.TruncationConfig
+
+
+def estimator_settings(estimator: str) -> tuple[str, ...]:
+    """The settings (keyword arguments of ``make_meta_trainer``) the named estimator takes."""
+    return _config_fields(estimator_config(estimator))
 
 
 def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[InnerTask], *,
@@ -192,8 +198,7 @@ def make_meta_trainer(estimator: str, lopt: LearnedOptimizer, tasks: Sequence[In
     unknown = sorted(set(estimator_kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown setting for estimator {estimator!r}; allowed: {list(allowed)}")
-    config_cls = full_es.ESConfig if estimator == "es" else truncation.TruncationConfig
-    config = config_cls(**estimator_kwargs)
+    config = estimator_config(estimator)(**estimator_kwargs)
     execution = population.Execution() if execution is None else execution
     if estimator == "es":
         est = full_es.EvolutionStrategy(lopt, config, mesh, execution)

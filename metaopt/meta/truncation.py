@@ -28,12 +28,12 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from metaopt import validation as v
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.population import tree_where
@@ -82,19 +82,14 @@ class TruncationConfig:
 
     def __post_init__(self):
         for name in ("num_tasks", "truncation_length", "min_horizon", "max_horizon", "num_perturbations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            v.check_int(getattr(self, name), name, 1, v.MAX_INT32)
         if self.min_horizon > self.max_horizon:
             raise ValueError(f"min_horizon: must be <= max_horizon ({self.max_horizon}), got {self.min_horizon}")
         if self.horizon_sampling not in HORIZON_SAMPLINGS:
             raise ValueError(f"horizon_sampling: got {self.horizon_sampling!r}, expected one of {HORIZON_SAMPLINGS}")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma: expected a positive float, got {self.sigma!r}")
-        if not isinstance(self.remat, bool):
-            raise ValueError(f"remat: expected a bool, got {self.remat!r}")
-        if self.max_meta_loss is not None and not self.max_meta_loss > 0:
-            raise ValueError(f"max_meta_loss: expected a positive float or None, got {self.max_meta_loss!r}")
+        v.check_number(self.sigma, "sigma", low=0.0, low_open=True)
+        v.check_bool(self.remat, "remat")
+        v.check_number(self.max_meta_loss, "max_meta_loss", low=0.0, low_open=True, allow_none=True)
         meta_loss_lib.check_meta_loss_options(self.meta_loss, self.meta_loss_reduction)
 
 
