@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from metaopt.learned_optimizer import LearnedOptimizer
-from metaopt.meta import full_es, make_meta_trainer, truncation
+from metaopt.meta import full_es, make_meta_trainer
+from metaopt.meta.horizons import sample_horizon
 from metaopt.meta.meta_loss import DEFAULT_MAX_META_LOSS
 from metaopt.mup import ParamMeta
 
@@ -265,14 +266,14 @@ def test_nan_runs_leave_theta_and_meta_loss_finite(estimator):
 
 def test_horizons_are_whole_truncations_within_bounds():
     keys = jax.random.split(jax.random.key(0), 512)
-    horizons = np.asarray(jax.jit(jax.vmap(lambda k: truncation.sample_horizon(k, 100, 1000, "log_uniform", 50)))(
+    horizons = np.asarray(jax.jit(jax.vmap(lambda k: sample_horizon(k, 100, 1000, "log_uniform", 50)))(
         keys))
     assert np.all(horizons % 50 == 0)
     assert horizons.min() >= 100 and horizons.max() <= 1000
     # log-uniform: as many below the geometric mean as above it
     assert 0.35 < np.mean(horizons < np.sqrt(100 * 1000)) < 0.65
-    assert int(truncation.sample_horizon(keys[0], 100, 1000, "constant", 50)) == 1000
-    assert int(truncation.sample_horizon(keys[0], 1, 3, "log_uniform", 50)) == 50
+    assert int(sample_horizon(keys[0], 100, 1000, "constant", 50)) == 1000
+    assert int(sample_horizon(keys[0], 1, 3, "log_uniform", 50)) == 50
 
 
 @pytest.mark.parametrize("estimator, kwargs, field", [

@@ -10,7 +10,8 @@ from metaopt.meta.pes import PES
 from metaopt.meta.tbptt import TBPTT
 from metaopt.meta.trainer import ESTIMATORS, MetaState, MetaTrainer, estimator_settings, make_meta_trainer
 from metaopt.meta.truncated_es import TruncatedES
-from metaopt.meta.truncation import RunState, TruncationConfig, sample_horizon
+from metaopt.meta.horizons import sample_horizon
+from metaopt.meta.truncation import RunState, TruncationConfig
 
 __all__ = [
     "ESConfig",

@@ -30,7 +30,8 @@ from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 from metaopt import population
 from metaopt import validation as v
 from metaopt.learned_optimizer import LearnedOptimizer
-from metaopt.meta import base, truncation
+from metaopt.meta import base, horizons
+from metaopt.meta.segment import run_segment
 from metaopt.meta import meta_loss as meta_loss_lib
 from metaopt.task_protocol import InnerTask
 from metaopt.unroll import init_inner_state
@@ -99,9 +100,9 @@ class ESConfig:
             raise ValueError("max_horizon: required when min_horizon is given")
         if self.min_horizon is not None and self.min_horizon > self.max_horizon:
             raise ValueError(f"min_horizon: must be <= max_horizon ({self.max_horizon}), got {self.min_horizon}")
-        if self.horizon_sampling not in truncation.HORIZON_SAMPLINGS:
+        if self.horizon_sampling not in horizons.HORIZON_SAMPLINGS:
             raise ValueError(f"horizon_sampling: got {self.horizon_sampling!r}, "
-                             f"expected one of {truncation.HORIZON_SAMPLINGS}")
+                             f"expected one of {horizons.HORIZON_SAMPLINGS}")
         v.check_number(self.sigma, "sigma", low=0.0, low_open=True)
         v.check_number(self.learning_rate, "learning_rate", low=0.0, low_open=True)
         if self.fitness not in FITNESS:
@@ -235,7 +236,7 @@ class EvolutionStrategy(base.Estimator):
         def run(theta, key):
             tx = self.lopt.transform(theta, horizon, param_meta=task.param_meta)
             inner = init_inner_state(task, tx, key)
-            _, value, diverged = truncation.run_segment(
+            _, value, diverged = run_segment(
                 task, tx, inner, config.run_length, meta_loss=config.meta_loss, reduction=config.fitness,
                 worst=worst, horizon=mask_horizon)
             return value, diverged | (value >= worst)  # a run at the loss ceiling counts as diverged
@@ -259,7 +260,7 @@ class EvolutionStrategy(base.Estimator):
         members = population.shard_population(members, mesh)
         if config.sampled_horizon:
             min_horizon = config.max_horizon if config.min_horizon is None else config.min_horizon
-            horizon = truncation.sample_horizon(horizon_key, min_horizon, config.max_horizon,
+            horizon = horizons.sample_horizon(horizon_key, min_horizon, config.max_horizon,
                                                 config.horizon_sampling)
         else:
             horizon = config.run_length

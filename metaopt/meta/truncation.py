@@ -1,14 +1,14 @@
-"""Truncated inner runs: the machinery shared by the truncated estimators (TBPTT, PES, truncated ES).
+"""Truncated inner runs of the truncated estimators (TBPTT, PES, truncated ES): their settings, their
+state, and how runs start, advance by one truncation and restart.
 
 A population of inner runs is trained in truncations of ``truncation_length`` steps; each outer step
-advances every run by one truncation (one ``lax.scan`` per member, mapped over the population with
-``metaopt.population.map_population``). A run belongs
-to a task *instance* (init key, data key, horizon); when it reaches its horizon, or diverges, it is
+advances every run by one truncation (``metaopt.meta.segment.run_segment`` per member, mapped over
+the population with ``metaopt.population.map_population``). A run belongs to a task *instance* (init key, data key, horizon); when it reaches its horizon, or diverges, it is
 replaced by a fresh instance, so every run trains from step 0 to its horizon and its truncations
 follow each other.
 
-Horizons are drawn per instance (constant, or log-uniform between ``min_horizon`` and
-``max_horizon``) and rounded to a whole number of truncations, so restarts fall on truncation
+Horizons are drawn per instance (``metaopt.meta.horizons``: constant, or log-uniform between
+``min_horizon`` and ``max_horizon``) and rounded to a whole number of truncations, so restarts fall on truncation
 boundaries and no truncation straddles two instances. The first instance of each run is cut short
 after a random number of truncations, which staggers the population: its runs do not all restart
 together.
@@ -28,7 +28,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +36,17 @@ import jax.numpy as jnp
 from metaopt import validation as v
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import meta_loss as meta_loss_lib
+from metaopt.meta.horizons import HORIZON_SAMPLINGS, sample_horizon
+from metaopt.meta.segment import run_segment
 from metaopt.population import tree_where
 from metaopt.task_protocol import InnerTask
-from metaopt.unroll import InnerState, init_inner_state, inner_step
+from metaopt.unroll import InnerState, init_inner_state
 
-__all__ = [
-    "HORIZON_SAMPLINGS", "TruncationConfig", "RunState", "round_horizon", "sample_horizon", "run_segment",
-    "fresh_run", "slot_keys", "init_runs", "truncation", "slot_any", "advance_runs",
-]
+__all__ = ["TruncationConfig", "RunState", "fresh_run", "slot_keys", "init_runs", "truncation", "slot_any",
+           "advance_runs"]
 
 PyTree = Any
 
-HORIZON_SAMPLINGS = ("constant", "log_uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,91 +104,6 @@ class RunState(NamedTuple):
     inner: InnerState
     horizon: jax.Array
     stop: jax.Array
-
-
-def round_horizon(horizon: jax.Array, truncation_length: int) -> jax.Array:
-    """Rounds to the nearest whole number of truncations (at least one)."""
-    num = jnp.maximum(jnp.round(horizon / truncation_length), 1.0)
-    return (num * truncation_length).astype(jnp.int32)
-
-
-def sample_horizon(key: jax.Array, min_horizon: int, max_horizon: int, sampling: str,
-                   truncation_length: int = 1) -> jax.Array:
-    """Draws an inner horizon: ``max_horizon``, or log-uniform in [min_horizon, max_horizon].
-
-    Args:
-      key: PRNG key.
-      min_horizon, max_horizon: bounds (inclusive).
-      sampling: "constant" or "log_uniform".
-      truncation_length: the horizon is rounded to a multiple of it (1: plain rounding).
-
-    Returns:
-      An int32 scalar.
-    """
-    if sampling == "constant" or min_horizon == max_horizon:
-        return round_horizon(jnp.asarray(max_horizon, jnp.float32), truncation_length)
-    if sampling != "log_uniform":
-        raise ValueError(f"horizon_sampling: got {sampling!r}, expected one of {HORIZON_SAMPLINGS}")
-    log_h = jax.random.uniform(key, (), jnp.float32, jnp.log(float(min_horizon)), jnp.log(float(max_horizon)))
-    horizon = jnp.clip(jnp.exp(log_h), min_horizon, max_horizon)
-    return round_horizon(horizon, truncation_length)
-
-
-def run_segment(task: InnerTask, tx, inner: InnerState, length: int, *, meta_loss: str, reduction: str,
-                worst: jax.Array, remat: bool = False, horizon: Optional[jax.Array] = None
-                ) -> tuple[InnerState, jax.Array, jax.Array]:
-    """Trains ``length`` inner steps (one ``lax.scan``) and takes the meta-loss of the stretch.
-
-    With ``reduction="mean"`` the meta-loss averages the normalised loss *after* each step (for
-    "train": the next step's training loss, which costs one extra forward pass for the last step),
-    so every term depends on this stretch's updates; with "final" it is the loss at the end.
-
-    Args:
-      task: the inner task.
-      tx: the inner optimizer (an optax transformation taking ``loss=``).
-      inner: the starting inner state.
-      length: number of steps (static).
-      meta_loss: "train" or "eval".
-      reduction: "mean" or "final".
-      worst: the meta-loss of a diverged run.
-      remat: rematerialise each step in the backward pass.
-      horizon: when given, steps at or beyond it leave the state unchanged and are left out of the
-        mean (a whole run of traced length inside a scan of static length).
-
-    Returns:
-      The final inner state, the meta-loss (``worst`` if the stretch diverged) and whether it diverged.
-    """
-    eval_each_step = meta_loss == "eval" and reduction == "mean"
-
-    def body(state, _):
-        new_state, loss = inner_step(task, tx, state)
-        if horizon is not None:
-            new_state = tree_where(state.step < horizon, new_state, state)
-        value = task.eval_loss(new_state.params) if eval_each_step else loss
-        return new_state, value
-
-    if remat:
-        body = jax.checkpoint(body)
-    start = inner.step
-    final, values = jax.lax.scan(body, inner, None, length=length)
-
-    def final_train_loss():
-        batch = task.batch(jax.random.fold_in(final.key, final.step), final.step)
-        return task.loss(final.params, batch)
-
-    if reduction == "mean":
-        if meta_loss == "train":
-            raw = jnp.concatenate([values[1:], final_train_loss()[None]])
-        else:
-            raw = values
-        valid = jnp.arange(length) < (length if horizon is None else jnp.clip(horizon - start, 1, length))
-    else:
-        raw = (final_train_loss() if meta_loss == "train" else task.eval_loss(final.params))[None]
-        valid = jnp.ones((1,), bool)
-    values = meta_loss_lib.normalized(task, raw, worst)
-    value = jnp.sum(jnp.where(valid, values, 0.0)) / jnp.sum(valid)
-    diverged = jnp.any(valid & ~jnp.isfinite(raw)) | ~meta_loss_lib.tree_all_finite(final.params)
-    return final, jnp.where(diverged, worst, value), diverged
 
 
 def fresh_run(task: InnerTask, lopt: LearnedOptimizer, theta: PyTree, key: jax.Array, config: TruncationConfig,
