@@ -11,6 +11,9 @@ optimizer.
 
     python bench/user_models.py                       # every shipped learned optimizer, 400 steps
     python bench/user_models.py --optimizers mulo-v2 --steps 400 --seeds 2 --out docs/results/user_models
+
+With ``--out``, a folder holding an earlier run of the same steps and seeds is extended: its tuned
+Adam and learned optimizers are reused and only the optimizers it lacks are run.
 """
 
 from __future__ import annotations
@@ -62,6 +65,21 @@ def _nan_to_inf(x: float) -> float:
     return float(x) if math.isfinite(float(x)) else math.inf
 
 
+def _earlier_rows(out, steps: int, seeds: int) -> dict:
+    """Rows of an earlier run into ``out`` with the same steps and seeds, by model: its tuned Adam
+    and the learned optimizers it ran are reused, so adding an optimizer costs only its own runs."""
+    path = Path(out) / "results.json" if out else None
+    if path is None or not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("steps") != steps or earlier.get("seeds") != seeds:
+        return {}
+    rows = {r["model"]: r for r in earlier["rows"]}
+    for r in rows.values():
+        r["learned"] = {k: (math.inf if v is None else v) for k, v in r["learned"].items()}
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--optimizers", default=None,
@@ -81,18 +99,24 @@ def main(argv=None) -> int:
         wanted = set(args.models.split(","))
         tasks = [t for t in tasks if t.name in wanted]
     keys = jax.random.split(jax.random.key(0), args.seeds)
+    done = {} if args.models else _earlier_rows(args.out, args.steps, args.seeds)
+    earlier_names = [n for r in done.values() for n in r["learned"]]
+    names = list(dict.fromkeys([*earlier_names, *names]))  # the table shows every optimizer run so far
     rows = []
     for task in tasks:
         tic = time.perf_counter()
-        adam = run_adam(task, args.steps, keys)
-        adam_mean = [_nan_to_inf(np.mean(a)) for a in adam]
-        best = int(np.argmin(adam_mean))
-        row = {"model": task.name, "adam_lr": ADAM_LEARNING_RATES[best], "adam": adam_mean[best],
-               "adam_grid": adam_mean, "learned": {}}
-        if best in (0, len(ADAM_LEARNING_RATES) - 1):
-            print(f"  warning: {task.name}: Adam's best learning rate is at the grid's edge")
+        row = done.get(task.name)
+        if row is None:
+            adam = run_adam(task, args.steps, keys)
+            adam_mean = [_nan_to_inf(np.mean(a)) for a in adam]
+            best = int(np.argmin(adam_mean))
+            row = {"model": task.name, "adam_lr": ADAM_LEARNING_RATES[best], "adam": adam_mean[best],
+                   "adam_grid": adam_mean, "learned": {}}
+            if best in (0, len(ADAM_LEARNING_RATES) - 1):
+                print(f"  warning: {task.name}: Adam's best learning rate is at the grid's edge")
         for name in names:
-            row["learned"][name] = _nan_to_inf(np.mean(run_learned(task, name, args.steps, keys)))
+            if name not in row["learned"]:
+                row["learned"][name] = _nan_to_inf(np.mean(run_learned(task, name, args.steps, keys)))
         rows.append(row)
         ratios = "  ".join(f"{n} {row['learned'][n]:.4g} ({row['learned'][n] / row['adam']:.2f}x)" for n in names)
         print(f"{task.name}: Adam {row['adam']:.4g} at lr {row['adam_lr']:.2g}  {ratios}  "
