@@ -62,7 +62,7 @@ __all__ = [
     "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "MAX_STEPS", "MAX_SEED",
     "ConfigError", "TaskSection", "OuterSection", "RunConfig", "parse_yaml", "shipped_config_path",
     "read_config_file", "apply_overrides", "resolve", "load_config", "semantic", "trajectory",
-    "schedule_horizon", "schedule_difference", "run_difference", "dump", "describe_difference",
+    "schedule_horizon", "schedule_difference", "run_difference", "resolve_recorded", "dump", "describe_difference",
 ]
 
 LOPT_KINDS = ("mlp_lopt", "lean_lopt", "learned_schedule")
@@ -254,6 +254,16 @@ def resolve(raw: dict) -> dict:
     return to_plain(build(RunConfig, raw))
 
 
+def resolve_recorded(recorded: dict) -> dict:
+    """A run's recorded config resolved by today's schema, so that a field added since the run was
+    made reads as its default (chosen to compute what runs computed before the field existed); as
+    recorded when it no longer resolves (a comparison then names the field)."""
+    try:
+        return resolve(recorded)
+    except ConfigError:
+        return recorded
+
+
 def load_config(path: str, overrides: list[str] = ()) -> dict:
     """Reads, overrides and resolves a config file (see ``resolve``)."""
     return resolve(apply_overrides(read_config_file(path), list(overrides)))
@@ -312,6 +322,7 @@ def schedule_difference(a: dict, b: dict, steps: int) -> str | None:
 def run_difference(recorded: dict, cfg: dict, steps: int) -> str | None:
     """The first difference that would make outer steps ``[0, steps)``, taken under the config
     ``recorded``, compute something else under ``cfg``; None when ``cfg`` continues that run."""
+    recorded = resolve_recorded(recorded)
     return describe_difference(trajectory(recorded), trajectory(cfg)) or schedule_difference(
         recorded, cfg, steps)
 

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import optax
 
 from metaopt.meta_train import checkpoints, faults, memory, sharding
-from metaopt.meta_train.config import (MAX_STEPS, ConfigError, describe_difference, dump, run_difference,
-                                       schedule_difference, semantic, trajectory)
+from metaopt.meta_train.config import (MAX_STEPS, ConfigError, describe_difference, dump, resolve_recorded,
+                                       run_difference, schedule_difference, semantic, trajectory)
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
 from metaopt.configuration import build as build_dataclass, to_plain
@@ -319,6 +319,7 @@ def plan_run_dir(cfg: dict, *, resume: bool = False, fresh: bool = False) -> Pla
                           f"(no {CONFIG_FILE}); choose another run_dir")
     if fresh:
         return Plan("overwrite", run_dir)
+    saved = resolve_recorded(saved)
     diff = describe_difference(trajectory(saved), trajectory(cfg))
     if diff is not None:
         raise ConfigError(f"run_dir: {run_dir!r} was made by a different config ({diff}); "

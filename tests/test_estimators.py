@@ -17,6 +17,7 @@ import pytest
 from metaopt.learned_optimizer import LearnedOptimizer
 from metaopt.meta import full_es, make_meta_trainer
 from metaopt.meta.horizons import sample_horizon
+from metaopt.meta import meta_loss
 from metaopt.meta.meta_loss import DEFAULT_MAX_META_LOSS
 from metaopt.mup import ParamMeta
 
@@ -207,6 +208,33 @@ def test_tbptt_equals_exact_truncation_gradient():
     assert rel_error(expected(DETACHED, where), expected(EXACT, where)) > 0.2
 
 
+def test_log_scale_maps_chance_to_one_and_solved_to_zero():
+    worst = jnp.float32(1.5)
+    values = jnp.asarray([1.0, 1e-3, 1e-6, 1e-9, 0.0, 1.2, 1.5], jnp.float32)
+    scaled = np.asarray(meta_loss.scaled(values, "log", worst))
+    np.testing.assert_allclose(scaled[:5], [1.0, 0.5, 0.0, 0.0, 0.0], atol=1e-6)
+    assert 1.0 < scaled[5] < 1.5 and scaled[6] == 1.5  # above chance stays below a diverged run
+    np.testing.assert_array_equal(np.asarray(meta_loss.scaled(values, "linear", worst)), np.asarray(values))
+
+
+def test_tbptt_on_the_log_scale_equals_the_exact_gradient():
+    def log_meta_loss(theta):
+        a, lr = jnp.asarray(CURVATURE), jnp.exp(theta["log_lr"])
+        w, losses = jnp.ones_like(a), []
+        for _ in range(K):
+            w = w - lr * a * w
+            losses.append(1.0 + jnp.log10(0.5 * jnp.sum(a * w ** 2)) / meta_loss.LOG_DECADES)
+        return jnp.mean(jnp.stack(losses))
+
+    settings = dict(SETTINGS, meta_loss_scale="log")
+    trainer = make_meta_trainer("tbptt", LOPT, [TASK], outer_optimizer=optax.inject_hyperparams(optax.sgd)(
+        learning_rate=-1.0), **settings)
+    state = trainer.init(jax.random.key(0), THETA)
+    grad, _, metrics = estimate(jax.jit(trainer.step, static_argnums=2), state, jax.random.key(1))
+    np.testing.assert_allclose(float(metrics["meta_loss"]), float(log_meta_loss(THETA)), rtol=1e-5)
+    np.testing.assert_allclose(flat(grad), flat(jax.grad(log_meta_loss)(THETA)), rtol=1e-4, atol=1e-6)
+
+
 def test_pes_is_unbiased_over_the_horizon():
     grad, exact, detached = average_estimates("pes", 12)
     assert cosine(grad, exact) > 0.95
@@ -283,6 +311,8 @@ def test_horizons_are_whole_truncations_within_bounds():
     ("pes", {"horizon_sampling": "uniform"}, "horizon_sampling"),
     ("tbptt", {"min_horizon": 10, "max_horizon": 5}, "min_horizon"),
     ("pes", {"meta_loss_reduction": "max"}, "meta_loss_reduction"),
+    ("tbptt", {"meta_loss_scale": "sqrt"}, "meta_loss_scale"),
+    ("es", {"meta_loss_scale": "exp"}, "meta_loss_scale"),
     ("es", {"strategy": "ga"}, "strategy"),
     ("es", {"population_size": 7}, "population_size"),
     ("es", {"strategy": "cma_es", "fitness_shaping": "pairwise"}, "fitness_shaping"),

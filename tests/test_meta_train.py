@@ -228,6 +228,21 @@ def test_schedule_difference_names_the_first_step_whose_learning_rate_changes():
         config_lib.resolve(dict(TINY, outer_steps=10, outer=dict(TINY["outer"], schedule_history=[[5, 12]])))
 
 
+def test_a_run_made_before_a_field_existed_resumes_with_its_default(reference_run, tmp_path):
+    run_dir = tmp_path / "older"
+    shutil.copytree(reference_run[0], run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["estimator"]["meta_loss_scale"]  # as written before the field existed
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    cfg = config_lib.resolve(dict(TINY, run_dir=str(run_dir)))
+    assert config_lib.run_difference(saved, cfg, cfg["outer_steps"]) is None
+    assert run_lib.plan_run_dir(cfg).action == "resume"
+    other = config_lib.resolve(dict(TINY, run_dir=str(run_dir), estimator=dict(TINY["estimator"],
+                                                                               meta_loss_scale="log")))
+    assert config_lib.run_difference(saved, other, cfg["outer_steps"]) == (
+        "estimator.meta_loss_scale: 'linear' -> 'log'")
+
+
 def test_a_finished_run_is_extended_by_raising_outer_steps(reference_run, tiny_config, env, tmp_path, capsys):
     run_dir = tmp_path / "extended"
     shutil.copytree(reference_run[0], run_dir)

@@ -68,6 +68,7 @@ class ESConfig:
       learning_rate: step size of the optimizer updating the mean ("open_es" and "pgpe").
       num_tasks_per_member: task instances each member is trained on per generation.
       meta_loss: "train" or "eval" (normalised training or held-out loss).
+      meta_loss_scale: "linear" (the normalised loss) or "log" (its logarithm, see ``meta_loss``).
       optimizer: "adam" or "sgd", the optimizer of the mean ("open_es" and "pgpe").
       max_meta_loss: optional cap on the meta-loss (the fitness of a diverged run).
     """
@@ -84,6 +85,7 @@ class ESConfig:
     learning_rate: float = 1e-3
     num_tasks_per_member: int = 1
     meta_loss: str = "train"
+    meta_loss_scale: str = "linear"
     optimizer: str = "adam"
     max_meta_loss: Optional[float] = None
 
@@ -115,7 +117,8 @@ class ESConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: got {self.optimizer!r}, expected one of {OPTIMIZERS}")
         v.check_number(self.max_meta_loss, "max_meta_loss", low=0.0, low_open=True, allow_none=True)
-        meta_loss_lib.check_meta_loss_options(self.meta_loss, self.fitness, reduction_field="fitness")
+        meta_loss_lib.check_meta_loss_options(self.meta_loss, self.fitness, reduction_field="fitness",
+                                              scale=self.meta_loss_scale)
 
     @property
     def sampled_horizon(self) -> bool:
@@ -238,7 +241,7 @@ class EvolutionStrategy(base.Estimator):
             inner = init_inner_state(task, tx, key)
             _, value, diverged = run_segment(
                 task, tx, inner, config.run_length, meta_loss=config.meta_loss, reduction=config.fitness,
-                worst=worst, horizon=mask_horizon)
+                worst=worst, horizon=mask_horizon, scale=config.meta_loss_scale)
             return value, diverged | (value >= worst)  # a run at the loss ceiling counts as diverged
 
         def member(theta, keys):

@@ -6,6 +6,12 @@ which puts every task on one scale) of either the training loss or the held-out 
 run (a NaN or inf loss or parameter) gets the worst value, so that the meta-loss stays bounded and
 finite; the estimators additionally drop its contribution to the meta-gradient.
 
+The normalised loss is used as it is (``scale="linear"``) or on a log scale (``scale="log"``:
+``1 + log10(n) / LOG_DECADES``, 1 at chance level and 0 once the loss is ``LOG_DECADES`` orders of
+magnitude below it). On the linear scale a task that is nearly solved contributes nothing, so a
+learned optimizer may fit it ten times worse at no cost; the log scale weighs a halving of the loss
+the same at every level, as a geometric mean of loss ratios does.
+
 References:
   Metz et al., "Practical tradeoffs between memory, compute, and performance in learned optimizers",
   CoLLAs 2022 (normalised, clipped meta-losses; NaN handling in learned_optimization).
@@ -22,13 +28,17 @@ from metaopt.task_protocol import InnerTask
 
 __all__ = [
     "META_LOSSES", "REDUCTIONS", "DEFAULT_MAX_META_LOSS", "worst_meta_loss", "normalized",
-    "tree_all_finite", "check_meta_loss_options",
+    "tree_all_finite", "check_meta_loss_options", "SCALES", "LOG_DECADES", "scaled",
 ]
 
 PyTree = Any
 
 META_LOSSES = ("train", "eval")
 REDUCTIONS = ("mean", "final")
+SCALES = ("linear", "log")
+
+# The span of the log scale: normalised losses below 10^-LOG_DECADES count as solved.
+LOG_DECADES = 6.0
 
 # Used as the worst meta-loss when the task's normaliser does not bound the loss itself.
 DEFAULT_MAX_META_LOSS = 100.0
@@ -63,6 +73,19 @@ def normalized(task: InnerTask, losses: jax.Array, worst: jax.Array) -> jax.Arra
     return jnp.minimum(values, worst)
 
 
+def scaled(values: jax.Array, scale: str, worst: jax.Array) -> jax.Array:
+    """Normalised losses (bounded by ``worst``) on the ``scale`` the meta-loss averages.
+
+    "linear" returns them unchanged; "log" maps ``n`` to ``1 + log10(max(n, 10^-LOG_DECADES)) /
+    LOG_DECADES`` and keeps ``worst`` (a diverged run) at ``worst``, above every finite value.
+    """
+    if scale == "linear":
+        return values
+    floor = 10.0 ** -LOG_DECADES
+    logged = 1.0 + jnp.log10(jnp.maximum(values, floor)) / LOG_DECADES
+    return jnp.where(values >= worst, worst, jnp.minimum(logged, worst))
+
+
 def tree_all_finite(tree: PyTree) -> jax.Array:
     """True when every floating-point leaf of ``tree`` is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
@@ -71,10 +94,12 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def check_meta_loss_options(meta_loss: str, reduction: str, *, reduction_field: str = "meta_loss_reduction"
-                            ) -> None:
-    """Raises ``ValueError`` for an unknown meta-loss kind or reduction."""
+def check_meta_loss_options(meta_loss: str, reduction: str, *, reduction_field: str = "meta_loss_reduction",
+                            scale: str = "linear") -> None:
+    """Raises ``ValueError`` for an unknown meta-loss kind, reduction or scale."""
     if meta_loss not in META_LOSSES:
         raise ValueError(f"meta_loss: got {meta_loss!r}, expected one of {META_LOSSES}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction_field}: got {reduction!r}, expected one of {REDUCTIONS}")
+    if scale not in SCALES:
+        raise ValueError(f"meta_loss_scale: got {scale!r}, expected one of {SCALES}")

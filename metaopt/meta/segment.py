@@ -1,7 +1,7 @@
 """One stretch of an inner run and its meta-loss: the unroll every estimator differentiates or scores.
 
 A stretch is ``length`` inner steps in one ``lax.scan``; its meta-loss is the task's normalised loss
-averaged over the stretch or taken at its end, and a diverged stretch gets the worst meta-loss.
+(on a linear or log scale) averaged over the stretch or taken at its end, and a diverged stretch gets the worst meta-loss.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ PyTree = Any
 
 
 def run_segment(task: InnerTask, tx, inner: InnerState, length: int, *, meta_loss: str, reduction: str,
-                worst: jax.Array, remat: bool = False, horizon: Optional[jax.Array] = None
-                ) -> tuple[InnerState, jax.Array, jax.Array]:
+                worst: jax.Array, remat: bool = False, horizon: Optional[jax.Array] = None,
+                scale: str = "linear") -> tuple[InnerState, jax.Array, jax.Array]:
     """Trains ``length`` inner steps (one ``lax.scan``) and takes the meta-loss of the stretch.
 
     With ``reduction="mean"`` the meta-loss averages the normalised loss *after* each step (for
@@ -41,6 +41,8 @@ def run_segment(task: InnerTask, tx, inner: InnerState, length: int, *, meta_los
       remat: rematerialise each step in the backward pass.
       horizon: when given, steps at or beyond it leave the state unchanged and are left out of the
         mean (a whole run of traced length inside a scan of static length).
+      scale: "linear" or "log", the scale of the normalised losses that are averaged
+        (``meta_loss.scaled``).
 
     Returns:
       The final inner state, the meta-loss (``worst`` if the stretch diverged) and whether it diverged.
@@ -72,7 +74,7 @@ def run_segment(task: InnerTask, tx, inner: InnerState, length: int, *, meta_los
     else:
         raw = (final_train_loss() if meta_loss == "train" else task.eval_loss(final.params))[None]
         valid = jnp.ones((1,), bool)
-    values = meta_loss_lib.normalized(task, raw, worst)
+    values = meta_loss_lib.scaled(meta_loss_lib.normalized(task, raw, worst), scale, worst)
     value = jnp.sum(jnp.where(valid, values, 0.0)) / jnp.sum(valid)
     diverged = jnp.any(valid & ~jnp.isfinite(raw)) | ~meta_loss_lib.tree_all_finite(final.params)
     return final, jnp.where(diverged, worst, value), diverged

@@ -62,6 +62,7 @@ class TruncationConfig:
       sigma: standard deviation of the theta perturbations (PES, truncated ES).
       meta_loss: "train" (normalised training loss) or "eval" (normalised held-out loss).
       meta_loss_reduction: "mean" over the truncation's steps, or "final" (at its end).
+      meta_loss_scale: "linear" (the normalised loss) or "log" (its logarithm, see ``meta_loss``).
       remat: rematerialise the unroll in the backward pass (TBPTT), bounding memory by one step.
       max_meta_loss: optional cap on the meta-loss (the value a diverged run gets when the task's
         normaliser is unbounded).
@@ -76,6 +77,7 @@ class TruncationConfig:
     sigma: float = 0.01
     meta_loss: str = "train"
     meta_loss_reduction: str = "mean"
+    meta_loss_scale: str = "linear"
     remat: bool = True
     max_meta_loss: Optional[float] = None
 
@@ -89,7 +91,7 @@ class TruncationConfig:
         v.check_number(self.sigma, "sigma", low=0.0, low_open=True)
         v.check_bool(self.remat, "remat")
         v.check_number(self.max_meta_loss, "max_meta_loss", low=0.0, low_open=True, allow_none=True)
-        meta_loss_lib.check_meta_loss_options(self.meta_loss, self.meta_loss_reduction)
+        meta_loss_lib.check_meta_loss_options(self.meta_loss, self.meta_loss_reduction, scale=self.meta_loss_scale)
 
 
 class RunState(NamedTuple):
@@ -154,7 +156,8 @@ def truncation(task: InnerTask, lopt: LearnedOptimizer, theta: PyTree, run: RunS
     """
     tx = lopt.transform(theta, run.horizon, param_meta=task.param_meta)
     return run_segment(task, tx, run.inner, config.truncation_length, meta_loss=config.meta_loss,
-                       reduction=config.meta_loss_reduction, worst=worst, remat=config.remat)
+                       reduction=config.meta_loss_reduction, worst=worst, remat=config.remat,
+                       scale=config.meta_loss_scale)
 
 
 def slot_any(flags: jax.Array, members_per_task: int) -> jax.Array:
