@@ -13,6 +13,7 @@ per-parameter feature tensor.
 
 References:
   Therien et al., "µLO: Compute-Efficient Meta-Generalization of Learned Optimizers", ICLR 2026.
+  Moudgil et al., "Celo2", ICLR 2026 (orthogonalised hidden-matrix steps, ``orthogonalize``).
   Metz et al., "Practical tradeoffs between memory, compute, and performance in learned optimizers",
   CoLLAs 2022. Metz et al., "VeLO: Training Versatile Learned Optimizers by Scaling Up", 2022.
 """
@@ -32,7 +33,8 @@ import optax
 from metaopt import features as feat
 from metaopt import time_features as tf
 from metaopt.learned_optimizer import LearnedOptimizer, register
-from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, unwrap
+from metaopt.mup import check_multipliers, check_params, lo_multipliers, resolve_param_meta, roles_of, unwrap
+from metaopt.orthogonalize import orthogonalized
 
 __all__ = ["MLPLOpt"]
 
@@ -107,6 +109,10 @@ class MLPLOpt(LearnedOptimizer):
       init_learning_rate: the step size of ``init_rule``.
       init_decay: with ``time_features``, a fresh ``init_rule`` theta decays its step by a cosine
         in t/T from 1 to this fraction (in (0, 1)); ``None`` keeps it constant.
+      orthogonalize: replace the step of every hidden weight tensor (role ``hidden``: hidden
+        matrices and convolution kernels, seen as (fan_in, fan_out)) by its Newton–Schulz
+        orthogonalisation at the same RMS (``metaopt.orthogonalize``), as Celo2 does; input,
+        output, embedding and bias tensors keep the learned step.
 
     With ``num_hidden_layers=0, normalize_inputs=False, mup=False, time_features=False,
     step_features=False, lambda1=lr`` and a theta whose direction row is one-hot on
@@ -137,6 +143,7 @@ class MLPLOpt(LearnedOptimizer):
     init_rule: Optional[str] = None
     init_learning_rate: float = 0.1
     init_decay: Optional[float] = None
+    orthogonalize: bool = False
 
     def __post_init__(self):
         from metaopt import validation as v
@@ -147,7 +154,7 @@ class MLPLOpt(LearnedOptimizer):
                 object.__setattr__(self, name, tuple(value))
         v.check_int(self.hidden_size, "hidden_size", 1)
         v.check_int(self.num_hidden_layers, "num_hidden_layers", 0)
-        for name in ("mup", "time_features", "step_features", "normalize_inputs"):
+        for name in ("mup", "time_features", "step_features", "normalize_inputs", "orthogonalize"):
             v.check_bool(getattr(self, name), name)
         v.check_number(self.lambda1, "lambda1", low=0.0, low_open=True, allow_none=True)
         v.check_number(self.lambda2, "lambda2", low=0.0)
@@ -427,6 +434,11 @@ class MLPLOpt(LearnedOptimizer):
         meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
         return jax.tree.leaves(lo_multipliers(meta))
 
+    def _hidden_tensors(self, params, param_meta, roles, multipliers, base_params, parametrization):
+        """Whether each tensor (``jax.tree.leaves(unwrap(params))`` order) has the role ``hidden``."""
+        meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
+        return [r == "hidden" for r in jax.tree.leaves(roles_of(meta))]
+
     def transform(self, theta: dict, num_steps: Any, *, param_meta: Any = None, roles: Any = None,
                   multipliers: Any = None, base_params: Any = None, parametrization: Optional[str] = None,
                   learning_rate: Any = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -518,6 +530,9 @@ class MLPLOpt(LearnedOptimizer):
                     size = g_leaves[i].size
                     steps[i] = step[offset:offset + size].reshape(g_leaves[i].shape)
                     offset += size
+            if self.orthogonalize:
+                hidden = self._hidden_tensors(updates, *mup_args)
+                steps = [orthogonalized(s) if h and s.ndim >= 2 else s for s, h in zip(steps, hidden)]
             step_size = jnp.asarray(step_size, jnp.float32)
             out = [(-(step_size * jnp.asarray(s, jnp.float32)) * u).astype(p.dtype)
                    for u, p, s in zip(steps, p_leaves, scales)]

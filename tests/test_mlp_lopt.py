@@ -397,3 +397,36 @@ def test_matrix_path_matches_batched_path(lopt, monkeypatch):
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(blocked)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * np.abs(a).max())
     assert any(np.abs(u).max() > 0 for u in jax.tree.leaves(batched[0]))
+
+
+def test_newton_schulz_equalises_singular_values_and_keeps_the_rms():
+    from metaopt.orthogonalize import newton_schulz, orthogonalized
+
+    for shape in ((48, 16), (16, 48)):
+        g = jax.random.normal(jax.random.key(0), shape) * jnp.logspace(-2, 0, shape[1])  # condition 100
+        u, _, vt = np.linalg.svd(np.asarray(g), full_matrices=False)
+        singular = np.linalg.svd(np.asarray(newton_schulz(g)), compute_uv=False)
+        assert 0.5 < singular.min() and singular.max() < 1.5
+        polar = u @ vt
+        assert float(np.sum(polar * newton_schulz(g)) / np.linalg.norm(polar) / np.linalg.norm(newton_schulz(g))) > 0.95
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 8)) * 0.3
+    out = orthogonalized(kernel)
+    assert out.shape == kernel.shape
+    np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(out ** 2))), float(jnp.sqrt(jnp.mean(kernel ** 2))), rtol=1e-4)
+    assert not np.any(np.asarray(orthogonalized(jnp.zeros((5, 3)))))
+
+
+def test_orthogonalize_changes_only_hidden_matrices():
+    plain = dataclasses.replace(SMALL, mup=True, lambda1=0.01)
+    ortho = dataclasses.replace(plain, orthogonalize=True)
+    theta = SMALL.init(jax.random.key(0))
+    params = init_mlp(jax.random.key(0), [4, 32, 24, 1])
+    up, up_ortho = _first_update(plain, theta, params), _first_update(ortho, theta, params)
+    for name in ("l0", "l2"):  # input and output layers
+        np.testing.assert_array_equal(up_ortho[name]["w"], up[name]["w"])
+    for name in ("l0", "l1", "l2"):
+        np.testing.assert_array_equal(up_ortho[name]["b"], up[name]["b"])
+    hidden, hidden_ortho = np.asarray(up["l1"]["w"]), np.asarray(up_ortho["l1"]["w"])
+    np.testing.assert_allclose(np.sqrt(np.mean(hidden_ortho ** 2)), np.sqrt(np.mean(hidden ** 2)), rtol=1e-4)
+    condition = [float(np.linalg.cond(x)) for x in (hidden, hidden_ortho)]
+    assert condition[1] < 3 < condition[0], condition
