@@ -24,13 +24,14 @@ __all__ = ["default_out", "load_checkpoint", "resolve_task", "evaluate_suite"]
 
 def _checkpoint_root(checkpoint: str) -> tuple[str, bool]:
     """(the run folder or the save folder, whether it is a meta-training run folder)."""
+    from metaopt import checkpoint as ckpt
+
     path = os.path.abspath(checkpoint)
     parent = os.path.dirname(path)
     if os.path.basename(path) == "theta" and os.path.isfile(os.path.join(parent, "config.yaml")):
         return parent, True
     is_run = os.path.isfile(os.path.join(path, "config.yaml")) or (
-        not os.path.isfile(os.path.join(path, "manifest.json"))
-        and os.path.isdir(os.path.join(path, "theta")))
+        not ckpt.is_checkpoint(path) and os.path.isdir(os.path.join(path, "theta")))
     return path, is_run
 
 

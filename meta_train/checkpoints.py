@@ -30,13 +30,11 @@ from orbax.checkpoint._src.path import atomicity, step as step_lib
 
 from metaopt import checkpoint as ckpt
 
-__all__ = ["CHECKPOINTS", "CHECKSUMS", "checkpoint_root", "list_checkpoints", "as_json",
+__all__ = ["CHECKPOINTS", "checkpoint_root", "list_checkpoints", "as_json",
            "foreign_checkpoints", "RunCheckpoints", "load_state"]
 
 CHECKPOINTS = "checkpoints"
-CHECKSUMS = "checksums.json"
 _ITEMS = ("state", "record")
-_RECORD_FILE = "metadata"  # the file orbax's JsonCheckpointHandler writes
 _NAMES = step_lib.standard_name_format(step_prefix="step", step_format_fixed_length=8)
 
 
@@ -77,41 +75,16 @@ class _ChecksummedCommit(atomicity.AtomicRenameTemporaryPath):
     before_commit: Optional[Callable[[], None]] = None
 
     async def finalize(self):
-        if Path(self.get_final()).name in _ITEMS:  # an item's folder inside the step's: no record
-            return await super().finalize()
-        tmp = Path(self.get())
-        files = {f"{item}/{rel}": digest for item in _ITEMS
-                 for rel, digest in ckpt.file_checksums(tmp / item).items()}
-        record = {"files": files}
-        record[ckpt.MANIFEST_DIGEST] = ckpt.manifest_digest(record)
-        (tmp / CHECKSUMS).write_text(json.dumps(record))
-        if type(self).before_commit is not None:
-            type(self).before_commit()
+        if Path(self.get_final()).name not in _ITEMS:  # the step's folder, not an item's inside it
+            ckpt.write_checksums(Path(self.get()), _ITEMS)
+            if type(self).before_commit is not None:
+                type(self).before_commit()
         await super().finalize()
 
 
-def _verify(path: Path) -> None:
-    """Raises ``CheckpointError`` unless every file of the step folder has its recorded checksum."""
-    if (path / ckpt.MANIFEST).is_file():  # formats 1 and 2
-        ckpt.verify_files(path, ckpt.parse_manifest((path / ckpt.MANIFEST).read_bytes(), path / ckpt.MANIFEST))
-        return
-    try:
-        record = json.loads((path / CHECKSUMS).read_text())
-    except (OSError, ValueError) as e:
-        raise ckpt.CheckpointError(f"{path}: no readable {CHECKSUMS} ({type(e).__name__})") from None
-    if not isinstance(record, dict) or record.get(ckpt.MANIFEST_DIGEST) != ckpt.manifest_digest(record):
-        raise ckpt.CheckpointError(f"{path}: corrupt {CHECKSUMS}")
-    ckpt.verify_files(path, {"files": record["files"]})
-
-
-def _read_record(path: Path) -> dict:
-    """The record of a verified step folder: ``{"outer_step", "config"}``.
-
-    Read as a file, not through orbax, whose reads are collectives of every process of a job.
-    """
-    if (path / ckpt.MANIFEST).is_file():
-        return ckpt.parse_manifest((path / ckpt.MANIFEST).read_bytes(), path)["metadata"]
-    return json.loads((path / "record" / _RECORD_FILE).read_text())
+def _record(path: Path) -> Any:
+    """The record ``{"outer_step", "config"}`` of a step folder, once every file verifies."""
+    return ckpt.open_checkpoint(path)[1]
 
 
 def _config_difference(record: Any, expected: dict, step: int) -> Optional[str]:
@@ -137,26 +110,12 @@ def foreign_checkpoints(run_dir: str, expected_config: dict) -> list[tuple[int, 
     out = []
     for step, path in list_checkpoints(run_dir):
         try:
-            _verify(path)
-            diff = _config_difference(_read_record(path), expected_config, step)
+            diff = _config_difference(_record(path), expected_config, step)
         except Exception:  # noqa: BLE001 (unreadable: resume skips it)
             continue
         if diff is not None:
             out.append((step, diff))
     return out
-
-
-def _restore_legacy(path: Path, template: Any) -> tuple[Any, dict]:
-    """A format 1 or 2 step folder (``manifest.json``, orbax arrays named ``leaf_NNNNNN``), restored
-    into the shardings of ``template``."""
-    manifest = ckpt.parse_manifest((path / ckpt.MANIFEST).read_bytes(), path)
-    treedef = ckpt.check_template(path, manifest, template)
-    leaves = jax.tree.leaves(template)
-    names = [r["name"] for r in manifest["leaves"]]
-    args = {n: ocp.ArrayRestoreArgs(sharding=x.sharding) for n, x in zip(names, leaves)}
-    with ocp.PyTreeCheckpointer() as reader:
-        arrays = reader.restore(path / ckpt.ARRAYS, args=ocp.args.PyTreeRestore(restore_args=args))
-    return jax.tree.unflatten(treedef, [arrays[n] for n in names]), manifest["metadata"]
 
 
 class RunCheckpoints:
@@ -207,10 +166,12 @@ class RunCheckpoints:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), savable)
         for step, path in list_checkpoints(str(self.root.parent)):
             try:
-                _verify(path)
-                if (path / ckpt.MANIFEST).is_file():
-                    tree, record = _restore_legacy(path, abstract)
+                if (path / ckpt.MANIFEST).is_file():  # formats 1 and 2, read whole by this process
+                    tree, record = ckpt.load_tree(path, abstract)
+                    tree = jax.tree.map(lambda x, t: jax.make_array_from_callback(
+                        t.shape, t.sharding, lambda index, x=x: np.asarray(x)[index]), tree, abstract)
                 else:
+                    ckpt.verify(path)
                     restored = self._manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
                     tree, record = restored.state, restored.record
@@ -236,8 +197,8 @@ class RunCheckpoints:
 def load_state(path: Any) -> tuple[Any, dict]:
     """The state (raw key data for PRNG keys) and record of one checkpoint folder, without a template."""
     path = Path(path)
-    _verify(path)
     if (path / ckpt.MANIFEST).is_file():
         return ckpt.load_tree(path)
+    record = _record(path)
     with ocp.StandardCheckpointer() as reader:
-        return reader.restore(path / "state"), _read_record(path)
+        return reader.restore(path / "state"), record

@@ -49,7 +49,7 @@ def _weights_root() -> Path:
 
 def _names() -> list[str]:
     root = _weights_root()
-    return sorted(p.name for p in root.iterdir() if (p / checkpoint.MANIFEST).is_file())
+    return sorted(p.name for p in root.iterdir() if checkpoint.is_checkpoint(p))
 
 
 def _path(name: str) -> Path:

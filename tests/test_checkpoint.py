@@ -15,6 +15,7 @@ import metaopt
 from metaopt import checkpoint
 from metaopt.checkpoint import CheckpointError, load_tree, save_tree
 from metaopt.learned_optimizer import LearnedOptimizer, register
+from legacy_checkpoint import write_format_2
 
 
 @register
@@ -152,7 +153,7 @@ def test_save_checks_theta(tmp_path):
 
 
 def _array_files(path):
-    files = json.loads((path / checkpoint.MANIFEST).read_text())["files"]
+    files = json.loads((path / checkpoint.CHECKSUMS).read_text())["files"]
     return sorted((path / rel for rel in files), key=lambda p: -p.stat().st_size)
 
 
@@ -180,8 +181,8 @@ def test_missing_files_fail(saved, tmp_path):
     _array_files(path)[-1].unlink()
     with pytest.raises(CheckpointError, match="missing"):
         metaopt.load(path)
-    (path / checkpoint.MANIFEST).unlink()
-    with pytest.raises(CheckpointError, match="manifest"):
+    (path / checkpoint.CHECKSUMS).unlink()
+    with pytest.raises(CheckpointError, match="no checksums.json"):
         metaopt.load(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         metaopt.load(tmp_path / "nowhere")
@@ -189,11 +190,11 @@ def test_missing_files_fail(saved, tmp_path):
         checkpoint.load_metadata(tmp_path / "nowhere")
 
 
-def test_truncated_manifest_fails(saved):
+def test_truncated_checksums_file_fails(saved):
     _, _, path = saved
-    manifest = path / checkpoint.MANIFEST
-    manifest.write_text(manifest.read_text()[:40])
-    with pytest.raises(CheckpointError, match="manifest"):
+    checksums = path / checkpoint.CHECKSUMS
+    checksums.write_text(checksums.read_text()[:40])
+    with pytest.raises(CheckpointError, match="checksums.json: corrupt or truncated"):
         metaopt.load(path)
     assert issubclass(CheckpointError, ValueError)
 
@@ -228,6 +229,33 @@ def test_mlp_lopt_round_trip(tmp_path):
     _assert_trees_equal(loaded_theta, theta)
     with pytest.raises(CheckpointError, match="hidden_size"):
         metaopt.load(path, lopt=mlp_lopt(hidden_size=16))
+
+
+def test_format_2_checkpoints_still_load(tmp_path):
+    # Folders written before checkpoints were orbax composites: manifest.json and arrays/.
+    tree = {"a": [jnp.zeros(2), None, (1, 2.5, True)], "name": "mlp", "nt": _carry(), "empty": {}}
+    write_format_2(tmp_path / "tree", tree, {"step": 3})
+    restored, metadata = load_tree(tmp_path / "tree")
+    assert metadata == {"step": 3} and restored["name"] == "mlp" and restored["a"][2] == (1, 2.5, True)
+    assert restored["nt"]._fields == Carry._fields and restored["empty"] == {}
+    again, _ = load_tree(tmp_path / "tree", template=tree)
+    _assert_trees_equal(again, tree)
+    assert isinstance(again["nt"], Carry) and isinstance(again["nt"].opt_state[0], optax.ScaleByAdamState)
+    with pytest.raises(CheckpointError, match=r"\['nt'\]\.step is int32\[\]"):
+        load_tree(tmp_path / "tree", template={**tree, "nt": tree["nt"]._replace(step=0.0)})
+    lopt = ScaledSignLOpt()
+    theta = lopt.init(jax.random.key(4))
+    write_format_2(tmp_path / "run" / "theta", theta, {"content": "learned_optimizer", "kind": lopt.kind,
+                                                       "config": {"hidden_size": 4, "decays": [0.9, 0.99]},
+                                                       "metaopt_version": "0.1.0", "metadata": {"outer_step": 9}})
+    loaded, loaded_theta = metaopt.load(tmp_path / "run")
+    assert loaded == lopt and checkpoint.load_metadata(tmp_path / "run") == {"outer_step": 9}
+    _assert_trees_equal(loaded_theta, theta)
+    arrays = sorted((p for p in (tmp_path / "run" / "theta" / "arrays").rglob("*") if p.is_file()),
+                    key=lambda p: -p.stat().st_size)
+    arrays[0].write_bytes(arrays[0].read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        metaopt.load(tmp_path / "run")
 
 
 def test_relative_paths_save_and_load(tmp_path, monkeypatch):

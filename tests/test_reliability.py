@@ -25,6 +25,7 @@ from metaopt import checkpoint as ckpt_lib
 from metaopt.meta_train import checkpoints as run_ckpts
 from metaopt.meta_train import cli, faults
 from metaopt.meta_train.lock import LOCK_FILE, RunLock, read_owner
+from legacy_checkpoint import write_format_2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,7 +162,7 @@ def test_kill_at_every_phase_then_resume_is_bit_identical(workspace, reference, 
 def test_truncated_theta_of_a_finished_run_is_rewritten(workspace, reference, capsys):
     run_dir = workspace / "truncated"
     shutil.copytree(reference, run_dir)
-    arrays = [os.path.join(d, f) for d, _, fs in os.walk(run_dir / "theta" / "arrays") for f in fs]
+    arrays = [os.path.join(d, f) for d, _, fs in os.walk(run_dir / "theta" / "tree") for f in fs]
     biggest = max(arrays, key=os.path.getsize)
     with open(biggest, "r+b") as f:
         f.truncate(os.path.getsize(biggest) // 2)
@@ -227,13 +228,9 @@ def test_stall_is_said_once_in_progress_and_metrics(workspace, capsys):
 # ---------------------------------------------------------------- bit flips
 
 
-def test_every_single_bit_flip_of_a_manifest_is_refused_or_changes_nothing(tmp_path):
-    lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0, features=("grad",), momentum_decays=(0.9,),
-                           factored_decays=(0.9,), time_features=False, step_features=False)
-    path = tmp_path / "lopt"
-    metaopt.save(path, lopt, lopt.init(jax.random.key(0)), metadata={"num_steps": 100, "outer_step": 40})
-    manifest_path = path / ckpt_lib.MANIFEST
-    original = manifest_path.read_bytes()
+def _flips(original, parse):
+    """(refused, read) over every single-bit flip of ``original``; a flip that reads must leave the
+    content as it was ("1e-08" -> "1E-08")."""
     content = json.loads(original)
     refused = same = 0
     flipped = bytearray(original)
@@ -241,22 +238,41 @@ def test_every_single_bit_flip_of_a_manifest_is_refused_or_changes_nothing(tmp_p
         for bit in range(8):
             flipped[byte] ^= 1 << bit
             try:
-                manifest = ckpt_lib.parse_manifest(bytes(flipped))
+                parsed = parse(bytes(flipped))
             except ckpt_lib.CheckpointError:
                 refused += 1
             else:
-                # A flip that still reads must leave the content as it was ("1e-08" -> "1E-08").
-                assert manifest == content, (byte, bit)
+                assert parsed == content, (byte, bit)
                 same += 1
             flipped[byte] ^= 1 << bit
-    assert refused + same == 8 * len(original) and refused > 0.99 * 8 * len(original)
-    # The bytes parse_manifest judged are those loading reads: one flip on disk is refused too.
-    flipped[len(original) // 2] ^= 0x04
-    manifest_path.write_bytes(bytes(flipped))
-    with pytest.raises(ckpt_lib.CheckpointError):
-        metaopt.load(path)
-    manifest_path.write_bytes(original)
+    return refused, same
+
+
+def test_every_single_bit_flip_of_a_checkpoint_record_is_refused(tmp_path):
+    lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0, features=("grad",), momentum_decays=(0.9,),
+                           factored_decays=(0.9,), time_features=False, step_features=False)
+    path = tmp_path / "lopt"
+    metaopt.save(path, lopt, lopt.init(jax.random.key(0)), metadata={"num_steps": 100, "outer_step": 40})
+    checksums = (path / ckpt_lib.CHECKSUMS).read_bytes()
+    refused, same = _flips(checksums, ckpt_lib.parse_checksums)
+    assert refused == 8 * len(checksums) and same == 0
+    # The checksums cover every other file: one flip anywhere on disk is refused.
+    for name in (ckpt_lib.CHECKSUMS, "record/metadata", "tree/_METADATA", "_CHECKPOINT_METADATA"):
+        original = (path / name).read_bytes()
+        flipped = bytearray(original)
+        flipped[len(original) // 2] ^= 0x04
+        (path / name).write_bytes(bytes(flipped))
+        for load in (metaopt.load, ckpt_lib.load_metadata):
+            with pytest.raises(ckpt_lib.CheckpointError):
+                load(path)
+        (path / name).write_bytes(original)
     metaopt.load(path)
+
+
+def test_every_single_bit_flip_of_a_format_2_manifest_is_refused_or_changes_nothing():
+    original = (ckpt_lib.shipped_path("schedule-adamw") / ckpt_lib.MANIFEST).read_bytes()
+    refused, same = _flips(original, ckpt_lib.parse_manifest)
+    assert refused + same == 8 * len(original) and refused > 0.99 * 8 * len(original)
 
 
 @pytest.mark.parametrize("field, old, new", [
@@ -266,30 +282,59 @@ def test_every_single_bit_flip_of_a_manifest_is_refused_or_changes_nothing(tmp_p
     ("num_steps", '"num_steps": 100', '"num_steps": 101'),
     ("outer_step", '"outer_step": 40', '"outer_step": 41'),
 ])
-def test_a_changed_manifest_value_does_not_load(tmp_path, field, old, new):
+def test_a_changed_record_value_does_not_load(tmp_path, field, old, new):
     lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0)
     path = tmp_path / "lopt"
     metaopt.save(path, lopt, lopt.init(jax.random.key(0)), metadata={"num_steps": 100, "outer_step": 40})
-    text = (path / ckpt_lib.MANIFEST).read_text()
+    record = path / "record" / "metadata"
+    text = record.read_text()
     assert text.count(old) == 1
-    (path / ckpt_lib.MANIFEST).write_text(text.replace(old, new))
-    with pytest.raises(ckpt_lib.CheckpointError, match="corrupt manifest"):
+    record.write_text(text.replace(old, new))
+    with pytest.raises(ckpt_lib.CheckpointError, match="record/metadata is corrupt or truncated"):
         metaopt.load(path)
-    with pytest.raises(ckpt_lib.CheckpointError, match="corrupt manifest"):
+    with pytest.raises(ckpt_lib.CheckpointError, match="record/metadata is corrupt or truncated"):
         ckpt_lib.load_metadata(path)
 
 
-def test_format_1_checkpoints_still_load(tmp_path):
-    lopt = metaopt.MLPLOpt(hidden_size=2, num_hidden_layers=0)
+def test_format_1_and_2_checkpoints_still_load(tmp_path):
+    # The shipped weights are format 2; format 1 is format 2 without the manifest's own digest.
+    shipped = ckpt_lib.shipped_path("lo-mlp-sp")
+    lopt, theta = metaopt.load(shipped)
     path = tmp_path / "old"
-    theta = lopt.init(jax.random.key(0))
-    metaopt.save(path, lopt, theta)
+    shutil.copytree(shipped, path)
     manifest = json.loads((path / ckpt_lib.MANIFEST).read_text())
-    manifest.pop(ckpt_lib.MANIFEST_DIGEST)
+    manifest.pop(ckpt_lib.DIGEST)
     manifest["format_version"] = 1
     (path / ckpt_lib.MANIFEST).write_text(json.dumps(manifest))
-    _, loaded = metaopt.load(path)
+    again, loaded = metaopt.load(path)
+    assert again == lopt and ckpt_lib.load_metadata(path) == ckpt_lib.load_metadata(shipped)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(theta)))
+    text = (shipped / ckpt_lib.MANIFEST).read_text()
+    (path / ckpt_lib.MANIFEST).write_text(text.replace('"lambda2": 0.001', '"lambda2": 0.003', 1))
+    with pytest.raises(ckpt_lib.CheckpointError, match="corrupt manifest"):
+        metaopt.load(path)
+
+
+def test_format_2_run_checkpoints_still_resume(workspace, reference, capsys):
+    # A run folder whose checkpoint of outer step 4 was written before they were orbax composites.
+    from metaopt.meta_train import config as config_lib, run as run_lib
+
+    run_dir = workspace / "format_2"
+    shutil.copytree(reference, run_dir)
+    (newest, newest_path), (_, path) = run_ckpts.list_checkpoints(str(run_dir))
+    shutil.rmtree(newest_path)
+    built = run_lib.build(config_lib.load_config(str(workspace / "micro.yaml"), [f"run_dir={run_dir}"]))
+    reader = run_ckpts.RunCheckpoints(str(run_dir))
+    step, state = reader.restore_latest(run_lib._initial_state(built)[0])
+    reader.close()
+    _, record = run_ckpts.load_state(path)
+    shutil.rmtree(path)
+    is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
+    write_format_2(str(path), jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, state), record)
+    assert cli.main(["--config", str(workspace / "micro.yaml"), f"run_dir={run_dir}", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert (newest, step) == (6, 4) and "finished at outer step 6/6" in err and "skipping" not in err, err
+    assert_bit_identical(final_record(run_dir), final_record(reference))
 
 
 # ---------------------------------------------------------------- bad input
