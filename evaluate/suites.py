@@ -42,17 +42,16 @@ after ``pip install``; any other path to a YAML file works too.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import math
-import os
 from typing import Any, Optional
 
+from metaopt import validation as v
 from metaopt.baselines import LR_RANGES
-from metaopt.configuration import ConfigError, apply_overrides as _apply, build, parse_yaml, read_yaml, to_plain
+from metaopt.configuration import (ConfigError, apply_overrides as _apply, build, find_config, read_yaml,
+                                   shipped_configs, to_plain)
 
 __all__ = [
     "AXES", "TUNING_MODES", "SELECT_BY", "SCHEDULES", "DEFAULT_BASELINES", "TaskOverride", "Baseline",
-    "Tuning", "Suite", "shipped_suites", "list_suites", "read_suite", "apply_overrides", "load_suite",
+    "Tuning", "Suite", "list_suites", "read_suite", "apply_overrides", "load_suite",
     "Cell", "config_fields", "make_cells", "reference_cell",
 ]
 
@@ -66,41 +65,19 @@ SCHEDULES = ("cosine", "linear")
 DEFAULT_BASELINES = ("adamw", "muadam", "lion", "sgdm")
 
 
-def _positive(value: Any, field: str, integer: bool = False) -> Any:
-    """A finite number > 0 (a whole one when ``integer``), as an int or float."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and value > 0)
-    if integer:
-        ok = ok and float(value) == int(value)
-    if not ok:
-        raise ConfigError(f"{field}: expected {'a positive integer' if integer else 'a positive number'}, "
-                          f"got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _in_range(value: Any, field: str, low: float, high: float, text: str, low_open=False, high_open=True) -> None:
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or (value <= low if low_open else value < low) or (value >= high if high_open else value > high)):
-        raise ConfigError(f"{field}: expected {text}, got {value!r}")
-
-
-def _bool(value: Any, field: str) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field}: expected true or false, got {value!r}")
-
-
 def _set(obj: Any, **values: Any) -> None:
+    """Sets fields of a frozen dataclass to their checked, normalised values."""
     for name, value in values.items():
         object.__setattr__(obj, name, value)
 
 
-def _mappings(obj: Any, *names: str) -> None:
-    """Fields that hold the user's own mappings (``None`` read as empty)."""
-    for name in names:
-        value = {} if getattr(obj, name) is None else getattr(obj, name)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        _set(obj, **{name: value})
+def _whole(x: Any) -> Any:
+    """A number as an int when it is whole, else as a float."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _positive(value: Any, field: str) -> float:
+    return float(v.check_number(value, field, low=0.0, low_open=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +89,10 @@ class TaskOverride:
     config: Optional[dict] = None
 
     def __post_init__(self):
-        if self.family is not None and not isinstance(self.family, str):
-            raise ConfigError(f"family: expected a task family name, got {self.family!r}")
-        _mappings(self, "family_kwargs", "config")
+        if self.family is not None:
+            v.check_name(self.family, "family", pattern=False)
+        _set(self, **{name: v.check_mapping({} if getattr(self, name) is None else getattr(self, name), name)
+                      for name in ("family_kwargs", "config")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +105,12 @@ class Baseline:
     hyper: Optional[dict] = None
 
     def __post_init__(self):
-        _mappings(self, "hyper")
+        _set(self, hyper=v.check_mapping({} if self.hyper is None else self.hyper, "hyper"))
         if self.learning_rate is not None:
-            _set(self, learning_rate=_positive(self.learning_rate, "learning_rate"), grid=None)
-            return
+            return _set(self, learning_rate=_positive(self.learning_rate, "learning_rate"), grid=None)
         if not isinstance(self.grid, tuple) or len(self.grid) != 2:
             raise ConfigError(f"grid: expected [lowest, highest] learning rates, got {self.grid!r}")
-        lo, hi = (_positive(x, "grid") for x in self.grid)
+        lo, hi = (_positive(x, f"grid[{i}]") for i, x in enumerate(self.grid))
         if not lo < hi:
             raise ConfigError(f"grid: lowest must be below highest, got {list(self.grid)!r}")
         _set(self, grid=(lo, hi))
@@ -153,19 +130,13 @@ class Tuning:
     seed: Any = 1000
 
     def __post_init__(self):
-        _set(self, num_points=_positive(self.num_points, "num_points", integer=True))
-        if self.num_points < 3:
-            raise ConfigError(f"num_points: need at least 3 to tell an interior optimum, got {self.num_points}")
+        v.check_int(self.num_points, "num_points", 3)  # three points tell an interior optimum
         for name, choices in (("mode", TUNING_MODES), ("select_by", SELECT_BY), ("schedule", SCHEDULES)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
-        _in_range(self.warmup_fraction, "warmup_fraction", 0, 1, "a number in [0, 1)")
-        _bool(self.extend, "extend")
-        if not isinstance(self.max_extensions, int) or isinstance(self.max_extensions, bool) or self.max_extensions < 0:
-            raise ConfigError(f"max_extensions: expected an integer >= 0, got {self.max_extensions!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
-            # jax.random.key keeps 32 bits of a seed
-            raise ConfigError(f"seed: expected an integer in [0, {2**32 - 1}], got {self.seed!r}")
+            v.check_choice(getattr(self, name), name, choices)
+        v.check_number(self.warmup_fraction, "warmup_fraction", low=0.0, high=1.0, high_open=True)
+        v.check_bool(self.extend, "extend")
+        v.check_int(self.max_extensions, "max_extensions", 0)
+        v.check_int(self.seed, "seed", 0, v.MAX_SEED)
 
 
 def _cells(values: Any) -> dict:
@@ -176,51 +147,37 @@ def _cells(values: Any) -> dict:
     for name, spec in values.items():
         if spec is None:  # values.NAME=null drops a cell
             continue
-        if not all(c.isalnum() or c in "_.-" for c in str(name)):
-            raise ConfigError(f"values.{name}: a cell name must be letters, digits, '_', '-' or '.'")
-        cell = build(TaskOverride, {"family": spec} if isinstance(spec, str) else spec, f"values.{name}")
-        if cell.family is None:
+        v.check_name(name, f"values.{name}")
+        cells[name] = build(TaskOverride, {"family": spec} if isinstance(spec, str) else spec, f"values.{name}")
+        if cells[name].family is None:
             raise ConfigError(f"values.{name}.family: expected a task family name")
-        cells[str(name)] = cell
     if not cells:
         raise ConfigError("values: every cell of the task suite was dropped")
     return cells
 
 
 def _factors(values: Any, axis: str) -> tuple:
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        values = (values,)
-    if not isinstance(values, tuple) or not values:
-        raise ConfigError(f"values: axis {axis} needs a non-empty list of factors, got {values!r}")
-    factors = [_positive(v, "values", integer=axis in ("width", "depth")) for v in values]
-    if axis == "horizon":
-        factors = [int(v) if float(v).is_integer() else v for v in factors]
+    """The factors of a width, depth (whole numbers) or horizon axis."""
+    values = values if isinstance(values, tuple) else (values,)
+    if not values:
+        raise ConfigError(f"values: axis {axis} needs a non-empty list of factors")
+    factors = tuple(v.check_int(x, f"values[{i}]") if axis in ("width", "depth") else
+                    _whole(_positive(x, f"values[{i}]")) for i, x in enumerate(values))
     if len(set(factors)) != len(factors):
-        raise ConfigError(f"values: repeated factor in {factors}")
-    return tuple(factors)
+        raise ConfigError(f"values: repeated factor in {list(factors)}")
+    return factors
 
 
 def _baselines(value: Any) -> dict:
     """Baselines by name: a list of names takes their default grids; ``name: null`` drops one."""
     if isinstance(value, tuple):
-        for name in value:
-            if name not in LR_RANGES:
-                raise ConfigError(f"baselines: unknown baseline {name!r}; known: {sorted(LR_RANGES)}")
         value = {name: {} for name in value}
     if not isinstance(value, dict):
         raise ConfigError(f"baselines: expected a list of names or a mapping, got {value!r}")
-    out = {}
-    for name, spec in value.items():
-        if spec is None:
-            continue
-        if name not in LR_RANGES:
-            raise ConfigError(f"baselines: unknown baseline {name!r}; known: {sorted(LR_RANGES)}")
-        if not isinstance(spec, (dict, Baseline)):
-            raise ConfigError(f"baselines.{name}: expected a mapping with grid or learning_rate")
-        if isinstance(spec, dict):
-            spec = build(Baseline, {"grid": tuple(LR_RANGES[name]), **spec}, f"baselines.{name}")
-        out[name] = spec
-    return out
+    for name in value:
+        v.check_choice(name, "baselines", sorted(LR_RANGES))
+    return {name: build(Baseline, {"grid": tuple(LR_RANGES[name]), **v.check_mapping(spec, f"baselines.{name}")},
+                        f"baselines.{name}") for name, spec in value.items() if spec is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,57 +204,36 @@ class Suite:
     divergence_tolerance: Any = 0.05
 
     def __post_init__(self):
-        name = self.suite
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_.-" for c in name):
-            raise ConfigError(f"suite: the name must be letters, digits, '_', '-' or '.', got {name!r}")
-        if self.axis not in AXES:
-            raise ConfigError(f"axis: expected one of {AXES}, got {self.axis!r}")
+        v.check_name(self.suite, "suite")
+        v.check_choice(self.axis, "axis", AXES)
         values = _cells(self.values) if self.axis == "task" else _factors(self.values, self.axis)
-        horizon_factor = _positive(self.horizon_factor, "horizon_factor")
-        _set(self, values=values, horizon_factor=int(horizon_factor) if horizon_factor.is_integer() else horizon_factor,
-             description=str(self.description), baselines=_baselines(self.baselines))
         if self.base_num_steps is not None:
-            _set(self, base_num_steps=_positive(self.base_num_steps, "base_num_steps", integer=True))
-        _set(self, seeds=_positive(self.seeds, "seeds", integer=True))
-        _bool(self.learned, "learned")
-        if not self.learned and not self.baselines:
+            v.check_int(self.base_num_steps, "base_num_steps")
+        v.check_int(self.seeds, "seeds")
+        v.check_bool(self.learned, "learned")
+        baselines = _baselines(self.baselines)
+        if not self.learned and not baselines:
             raise ConfigError("learned: nothing to evaluate (learned is false and no baselines)")
         if self.tuning.mode == "transfer" and self.axis == "task":
             raise ConfigError("tuning.mode: 'transfer' needs a width, depth or horizon axis (got axis task)")
         if self.tuning.seed < self.seeds:
             raise ConfigError(f"tuning.seed: must differ from the reported seeds 0..{self.seeds - 1}, "
                               f"got {self.tuning.seed}")
-        window = _positive(self.final_window, "final_window")
-        _set(self, final_window=_positive(window, "final_window", integer=True) if window >= 1 else window,
-             curve_points=_positive(self.curve_points, "curve_points", integer=True))
-        if self.max_params is not None:
-            _set(self, max_params=_positive(self.max_params, "max_params"))
-        _in_range(self.memory_fraction, "memory_fraction", 0, 1, "a number in (0, 1]", low_open=True, high_open=False)
-        _bool(self.skip_seen_families, "skip_seen_families")
-        if not isinstance(self.confidence, float) or not 0 < self.confidence < 1:
-            raise ConfigError(f"confidence: expected a number in (0, 1), got {self.confidence!r}")
-        _in_range(self.divergence_tolerance, "divergence_tolerance", 0, math.inf, "a number >= 0")
-        _set(self, divergence_tolerance=float(self.divergence_tolerance))
-
-
-def shipped_suites() -> dict[str, Any]:
-    """Name -> resource of every suite YAML shipped in ``metaopt.configs``."""
-    out = {}
-    for entry in importlib.resources.files("metaopt.configs").iterdir():
-        if not entry.name.endswith((".yaml", ".yml")):
-            continue
-        try:
-            data = parse_yaml(entry.read_text(), entry.name)
-        except ConfigError:
-            continue
-        if isinstance(data, dict) and data.get("suite"):
-            out[os.path.splitext(entry.name)[0]] = entry
-    return out
+        if _positive(self.final_window, "final_window") >= 1:  # a number of steps, else a fraction
+            v.check_int(self.final_window, "final_window")
+        v.check_int(self.curve_points, "curve_points")
+        v.check_number(self.memory_fraction, "memory_fraction", low=0.0, high=1.0, low_open=True)
+        v.check_bool(self.skip_seen_families, "skip_seen_families")
+        v.check_number(self.confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+        _set(self, values=values, baselines=baselines, description=str(self.description),
+             horizon_factor=_whole(_positive(self.horizon_factor, "horizon_factor")),
+             max_params=None if self.max_params is None else _positive(self.max_params, "max_params"),
+             divergence_tolerance=float(v.check_number(self.divergence_tolerance, "divergence_tolerance", low=0.0)))
 
 
 def list_suites() -> list[str]:
     """Names of the shipped suites."""
-    return sorted(shipped_suites())
+    return sorted(shipped_configs("suite"))
 
 
 def read_suite(suite: str) -> dict:
@@ -306,18 +242,10 @@ def read_suite(suite: str) -> dict:
     Raises:
       ConfigError: unknown suite, unreadable file, or a file that is not a suite.
     """
-    if not isinstance(suite, str) or not suite:
-        raise ConfigError(f"suite: expected a suite name or a YAML path, got {suite!r}")
-    if suite.endswith((".yaml", ".yml")) or os.sep in suite or os.path.exists(suite):
-        data = read_yaml(suite, "suite")
-    else:
-        shipped = shipped_suites()
-        if suite not in shipped:
-            raise ConfigError(f"suite: unknown suite {suite!r}; shipped: {sorted(shipped)}")
-        data = parse_yaml(shipped[suite].read_text(), f"suite: {suite}")
-    if not isinstance(data, dict) or not data.get("suite"):
+    raw = read_yaml(find_config(suite, "suite", shipped_configs("suite"), "suite"), "suite")
+    if not raw.get("suite"):
         raise ConfigError(f"suite: {suite} is not an evaluation suite (no top-level 'suite:' name)")
-    return data
+    return raw
 
 
 def apply_overrides(raw: dict, overrides: Any) -> dict:

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         built = run_mod.build(cfg)
         cfg = built.cfg
         if args.print_config:
-            from metaopt.meta_train.config import dump
+            from metaopt.configuration import dump
 
             if sharding.is_main_process():
                 sys.stdout.write(dump(cfg))

@@ -47,10 +47,9 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-import yaml
-
 from metaopt import validation as v
-from metaopt.configuration import ConfigError, apply_overrides as _apply, build, build_tagged, parse_yaml, read_yaml, to_plain
+from metaopt.configuration import (ConfigError, apply_overrides as _apply, build, build_tagged, describe_difference,
+                                   find_config, read_yaml, shipped_configs, to_plain)
 from metaopt.population import Execution
 
 # The estimators' names; ``metaopt.meta.trainer.ESTIMATORS`` is the same tuple (a test checks it).
@@ -59,10 +58,9 @@ from metaopt.population import Execution
 ESTIMATORS = ("tbptt", "pes", "truncated_es", "es")
 
 __all__ = [
-    "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "MAX_STEPS", "MAX_SEED",
-    "ConfigError", "TaskSection", "OuterSection", "RunConfig", "parse_yaml", "shipped_config_path",
-    "read_config_file", "apply_overrides", "resolve", "load_config", "semantic", "trajectory",
-    "schedule_horizon", "schedule_difference", "run_difference", "resolve_recorded", "dump", "describe_difference",
+    "ESTIMATORS", "LOPT_KINDS", "OUTER_OPTIMIZERS", "RESUMABLE_FIELDS", "MAX_STEPS", "ConfigError",
+    "TaskSection", "OuterSection", "RunConfig", "read_config_file", "apply_overrides", "resolve", "load_config",
+    "semantic", "trajectory", "schedule_horizon", "schedule_difference", "run_difference", "resolve_recorded",
 ]
 
 LOPT_KINDS = ("mlp_lopt", "lean_lopt", "learned_schedule")
@@ -72,7 +70,6 @@ OUTER_OPTIMIZERS = ("adamw", "adam")
 RESUMABLE_FIELDS = ("run_dir", "log_every", "checkpoint_every", "devices", "stall_steps", "execution")
 
 MAX_STEPS = v.MAX_INT32
-MAX_SEED = 2**32 - 1  # ``jax.random.key`` keeps 32 bits of a seed (2**32 gives the key of 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,18 +85,16 @@ class TaskSection:
     def __post_init__(self):
         if self.family is None:
             raise ConfigError("family: missing; expected a task family name")
-        _check_name(self.family, "family", pattern=False)
+        v.check_name(self.family, "family", pattern=False)
         v.check_int(self.num_sampled_groups, "num_sampled_groups", 0, MAX_STEPS)
-        if not isinstance(self.family_kwargs, dict):
-            raise ConfigError(f"family_kwargs: expected a mapping, got {self.family_kwargs!r}")
+        v.check_mapping(self.family_kwargs, "family_kwargs")
         configs = self.configs
         if configs is None:
             configs = () if self.num_sampled_groups else ({},)
         if not isinstance(configs, tuple):
             raise ConfigError(f"configs: expected a list of mappings, got {configs!r}")
         for i, c in enumerate(configs):
-            if not isinstance(c, dict):
-                raise ConfigError(f"configs[{i}]: expected a mapping, got {c!r}")
+            v.check_mapping(c, f"configs[{i}]")
         if self.num_sampled_groups and configs:
             raise ConfigError("num_sampled_groups: give either task.configs or task.num_sampled_groups, not both")
         if not self.num_sampled_groups and not configs:
@@ -153,10 +148,10 @@ class RunConfig:
     outer: OuterSection = OuterSection()
 
     def __post_init__(self):
-        _check_name(self.name, "name")
-        v.check_int(self.seed, "seed", 0, MAX_SEED)
+        v.check_name(self.name, "name")
+        v.check_int(self.seed, "seed", 0, v.MAX_SEED)
         run_dir = os.path.join("runs", self.name) if self.run_dir is None else self.run_dir
-        _check_name(run_dir, "run_dir", pattern=False)
+        v.check_name(run_dir, "run_dir", pattern=False)
         object.__setattr__(self, "run_dir", run_dir)
         for name in ("outer_steps", "checkpoint_every", "log_every", "stall_steps"):
             v.check_int(getattr(self, name), name, 1, MAX_STEPS)
@@ -164,19 +159,9 @@ class RunConfig:
             v.check_int(self.devices, "devices", 1, MAX_STEPS)
         if self.task is None:
             build(TaskSection, {}, "task")
-        for name, cls in (("execution", Execution), ("task", TaskSection), ("outer", OuterSection)):
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"{name}: expected a mapping, got {getattr(self, name)!r}")
         _check_history(self.outer.schedule_history, self.outer_steps)
         object.__setattr__(self, "lopt", _spelled_out(self.lopt, "lopt"))
         object.__setattr__(self, "estimator", _spelled_out(self.estimator, "estimator"))
-
-
-def _check_name(value: Any, field: str, pattern: bool = True) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}: expected a non-empty string, got {value!r}")
-    if pattern and not all(c.isalnum() or c in "_.-" for c in value):
-        raise ConfigError(f"{field}: expected letters, digits, '_', '-' or '.', got {value!r}")
 
 
 def _check_history(value: Any, outer_steps: int) -> None:
@@ -216,25 +201,9 @@ def _spelled_out(section: Any, field: str) -> dict:
     return {"name": name, **to_plain(settings)}
 
 
-def shipped_config_path(name: str) -> str | None:
-    """The path of a config shipped in ``metaopt.configs`` (``"quickstart"`` or ``"quickstart.yaml"``)."""
-    if os.sep in name or (os.altsep and os.altsep in name):
-        return None
-    import metaopt.configs
-
-    stem = name[:-5] if name.endswith(".yaml") else name
-    for folder in metaopt.configs.__path__:
-        candidate = os.path.join(folder, stem + ".yaml")
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
 def read_config_file(path: str) -> dict:
     """Reads a YAML config file, or the shipped config of that name (``quickstart``)."""
-    if not os.path.exists(path):
-        path = shipped_config_path(path) or path
-    return read_yaml(path, "--config")
+    return read_yaml(find_config(path, "--config", shipped_configs()), "--config")
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
@@ -325,30 +294,3 @@ def run_difference(recorded: dict, cfg: dict, steps: int) -> str | None:
     recorded = resolve_recorded(recorded)
     return describe_difference(trajectory(recorded), trajectory(cfg)) or schedule_difference(
         recorded, cfg, steps)
-
-
-def dump(cfg: dict) -> str:
-    """The config as YAML text (block style, keys in schema order)."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
-
-
-def describe_difference(a: Any, b: Any, field: str = "") -> str | None:
-    """The first dotted field where two plain configs differ, as ``field: old -> new``; None if equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            sub = f"{field}.{key}" if field else str(key)
-            if key not in a or key not in b:
-                return f"{sub}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
-            diff = describe_difference(a[key], b[key], sub)
-            if diff:
-                return diff
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            diff = describe_difference(x, y, f"{field}[{i}]")
-            if diff:
-                return diff
-        return None
-    if a != b or type(a) is not type(b):
-        return f"{field}: {a!r} -> {b!r}"
-    return None

@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import optax
 
 from metaopt.meta_train import checkpoints, faults, memory, sharding
-from metaopt.meta_train.config import (MAX_STEPS, ConfigError, describe_difference, dump, resolve_recorded,
-                                       run_difference, schedule_difference, semantic, trajectory)
+from metaopt.meta_train.config import (MAX_STEPS, ConfigError, resolve_recorded, run_difference,
+                                       schedule_difference, semantic, trajectory)
 from metaopt.meta_train.lock import LOCK_FILE, RunLock
 from metaopt.meta_train.metrics_log import MetricsLogger, progress_bar
-from metaopt.configuration import build as build_dataclass, to_plain
+from metaopt.configuration import build as build_dataclass, describe_difference, dump, parse_yaml, to_plain
 from metaopt.population import Execution
 from metaopt.schedules import make_schedule
 
@@ -278,8 +278,6 @@ class Plan(NamedTuple):
 
 
 def _read_run_config(run_dir: str) -> dict | None:
-    from metaopt.meta_train.config import parse_yaml
-
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return None

@@ -6,11 +6,13 @@ their own fields. This module is the one loader they share:
 - ``read_yaml`` reads a YAML file with ``ConfigLoader``: ``yaml.safe_load`` semantics (nothing is
   executed), ``1e-3`` read as a float as people write it, and a mapping that repeats a key refused;
 - ``apply_overrides`` sets dotted keys (``estimator.num_tasks=4``; values parsed as YAML);
-- ``build`` turns the resulting plain data into the dataclass, recursing into nested dataclasses,
-  refusing unknown keys with the list of allowed ones and any NaN or infinity, turning lists into
+- ``build`` turns the resulting plain data into the dataclass, recursing into nested dataclasses
+  (a section given as null takes its defaults), refusing unknown keys with the list of allowed ones and any NaN or infinity, turning lists into
   tuples and ints into floats where the annotation asks for them; anything else is left for the
   dataclass to judge;
-- ``to_plain`` gives a built config back as plain data (what ``--print-config`` prints).
+- ``to_plain`` gives a built config back as plain data (what ``--print-config`` prints), ``dump``
+  as YAML text, and ``describe_difference`` names the first field where two such configs differ;
+- ``shipped_configs`` and ``find_config`` find the configs shipped in ``metaopt.configs`` by name.
 
 Every error is a ``ConfigError``: one line that starts with the dotted field.
 """
@@ -29,8 +31,8 @@ import yaml
 
 from metaopt import validation as v
 
-__all__ = ["ConfigError", "ConfigLoader", "parse_yaml", "read_yaml", "apply_overrides", "build", "build_tagged",
-           "build_plain", "to_plain"]
+__all__ = ["ConfigError", "ConfigLoader", "parse_yaml", "read_yaml", "shipped_configs", "find_config",
+           "apply_overrides", "build", "build_tagged", "build_plain", "to_plain", "dump", "describe_difference"]
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,39 @@ def read_yaml(path: str, option: str) -> dict:
     return raw
 
 
+def shipped_configs(marker: Optional[str] = None) -> dict[str, str]:
+    """Name -> path of every YAML file shipped in ``metaopt.configs``; with ``marker``, of those whose
+    top-level mapping has that key (``suite``), else of those without a ``suite`` key."""
+    import importlib.resources
+
+    out = {}
+    folder = str(importlib.resources.files("metaopt.configs"))
+    for entry in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(entry)
+        if ext not in (".yaml", ".yml"):
+            continue
+        try:
+            data = read_yaml(os.path.join(folder, entry), entry)
+        except ConfigError:
+            continue
+        if bool(data.get(marker or "suite")) == (marker is not None):
+            out[stem] = os.path.join(folder, entry)
+    return out
+
+
+def find_config(value: Any, option: str, shipped: dict[str, str], what: str = "config") -> str:
+    """The YAML path ``value`` names: a path as given, or one of ``shipped`` by name (``quickstart``
+    or ``quickstart.yaml``); errors name the command-line ``option``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{option}: expected a {what} name or a YAML path, got {value!r}")
+    stem = os.path.splitext(value)[0]
+    if not os.path.exists(value) and os.sep not in value and stem in shipped:
+        return shipped[stem]
+    if os.path.exists(value) or os.sep in value or value.endswith((".yaml", ".yml")):
+        return value
+    raise ConfigError(f"{option}: unknown {what} {value!r}; shipped: {sorted(shipped)}")
+
+
 def apply_overrides(raw: dict, overrides, shorthands: Optional[dict] = None) -> dict:
     """``raw`` with ``key=value`` overrides applied in order (a copy; dotted keys set nested fields).
 
@@ -155,7 +190,7 @@ def _convert(hint: Any, value: Any, field: str) -> Any:
             return None
         hint = next((a for a in args if a is not type(None)), Any)
         args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+    if dataclasses.is_dataclass(hint):  # a section: a mapping, or null for its defaults
         return build(hint, value, field)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -229,6 +264,33 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
     return value
+
+
+def dump(config: dict) -> str:
+    """A plain config as YAML text (block style, keys in schema order)."""
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def describe_difference(a: Any, b: Any, field: str = "") -> str | None:
+    """The first dotted field where two plain configs differ, as ``field: old -> new``; None if equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            sub = f"{field}.{key}" if field else str(key)
+            if key not in a or key not in b:
+                return f"{sub}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
+            diff = describe_difference(a[key], b[key], sub)
+            if diff:
+                return diff
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            diff = describe_difference(x, y, f"{field}[{i}]")
+            if diff:
+                return diff
+        return None
+    if a != b or type(a) is not type(b):
+        return f"{field}: {a!r} -> {b!r}"
+    return None
 
 
 def _type_name(value: Any) -> str:

@@ -12,10 +12,13 @@ import numbers
 from typing import Any, Optional, Sequence
 
 
-__all__ = ["MAX_INT32", "check_int", "check_bool", "check_number", "check_decays", "check_choice"]
+__all__ = ["MAX_INT32", "MAX_SEED", "check_int", "check_bool", "check_number", "check_decays", "check_choice",
+           "check_name", "check_mapping"]
 
 # The largest count a step counter (int32) holds.
 MAX_INT32 = 2**31 - 1
+# The largest seed ``jax.random.key`` tells apart (it keeps 32 bits: 2**32 gives the key of 0).
+MAX_SEED = 2**32 - 1
 
 
 def _is_int(value: Any) -> bool:
@@ -92,4 +95,20 @@ def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
         raise TypeError(f"{field}: expected one of {list(choices)}, got {value!r}")
     if value not in choices:
         raise ValueError(f"{field}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_name(value: Any, field: str, pattern: bool = True) -> str:
+    """A non-empty string; with ``pattern``, of letters, digits, '_', '-' and '.' only (a file name)."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{field}: expected a non-empty string, got {value!r}")
+    if pattern and not all(c.isalnum() or c in "_.-" for c in value):
+        raise ValueError(f"{field}: expected letters, digits, '_', '-' or '.', got {value!r}")
+    return value
+
+
+def check_mapping(value: Any, field: str) -> dict:
+    """A mapping (a dict)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{field}: expected a mapping, got {value!r}")
     return value

@@ -496,14 +496,14 @@ EVAL_CASES = [
     (["--suite", "{root}/latin1.yaml"], "error: suite: '{root}/latin1.yaml' is not UTF-8 text"),
     (["--suite", "{root}/suite_dir.yaml"], "error: suite: '{root}/suite_dir.yaml' is a folder"),
     (["--checkpoint", "{root}/missing"], "error: checkpoint: no such folder"),
-    (["seeds=0"], "error: seeds: expected a positive integer"),
+    (["seeds=0"], "error: seeds: expected an int >= 1, got 0"),
     (["confidence=.nan"], "error: confidence: expected a finite number"),
     (["divergence_tolerance=.inf"], "error: divergence_tolerance: expected a finite number"),
-    (["values=[1, 2.5]"], "error: values: expected a positive integer"),
+    (["values=[1, 2.5]"], "error: values[1]: expected an int >= 1, got 2.5"),
     (["tuning.warmup_fraction=.nan"], "error: tuning.warmup_fraction: expected a finite number"),
-    (["tuning.seed=1180591620717411303424"], "error: tuning.seed: expected an integer in [0, 4294967295]"),
+    (["tuning.seed=1180591620717411303424"], "error: tuning.seed: expected an int in [0, 4294967295]"),
     (["--out", "{root}/notes"], "error: out: {root}/notes is a non-empty folder that is not an evaluation"),
-    (["--no-plots", "seeds=-1", "--no-progress"], "error: seeds: expected a positive integer"),
+    (["--no-plots", "seeds=-1", "--no-progress"], "error: seeds: expected an int >= 1, got -1"),
 ]
 
 
