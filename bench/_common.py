@@ -9,7 +9,7 @@ drift of the machine's speed moves both alike.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import platform
 import resource
@@ -96,28 +96,21 @@ def xla_flops(fn: Callable, *args) -> float:
     return compiled_flops(jax.jit(fn).lower(*args).compile())
 
 
-@contextlib.contextmanager
-def one_row_block():
-    """Traces ``MLPLOpt`` with one row block per matrix, so that XLA's FLOP count covers every block.
+def one_row_block(lopt: Any) -> Any:
+    """``lopt`` with one row block per matrix (``MLPLOpt.row_block=None``), so that XLA's FLOP count
+    covers every block; other learned optimizers as they are.
 
     (XLA counts a loop's body once. The blocked matrix pass also recomputes the per-entry features
     once for its normalisers, a few percent more FLOPs that the count leaves out.) Populations are
     vmapped for a count by building the trainer with ``Execution(member_map="vmap")``.
     """
-    from metaopt import mlp_lopt
-
-    saved = mlp_lopt._ROW_CHUNK
-    mlp_lopt._ROW_CHUNK = 2 ** 62
-    try:
-        yield
-    finally:
-        mlp_lopt._ROW_CHUNK = saved
+    return dataclasses.replace(lopt, row_block=None) if hasattr(lopt, "row_block") else lopt
 
 
-def lo_update_flops(tx, grads, state, params) -> float:
+def lo_update_flops(lopt, theta, num_steps, grads, params, **transform_kwargs) -> float:
     """FLOPs of one learned-optimizer update (``tx.update``), by XLA's count, row blocks undone."""
-    with one_row_block():
-        return xla_flops(lambda g, s, p: tx.update(g, s, p), grads, state, params)
+    tx = one_row_block(lopt).transform(theta, num_steps, **transform_kwargs)
+    return xla_flops(lambda g, s, p: tx.update(g, s, p), grads, tx.init(params), params)
 
 
 def compiled_flops(compiled: Any) -> float:

@@ -69,8 +69,10 @@ class Setup:
         self.estimator = estimator
         self.trainer = make_meta_trainer(estimator, lopt, [task], outer_optimizer=optax.adam(1e-3),
                                          **estimator_kwargs)
-        # The same step with the population vmapped: XLA's FLOP count covers every member.
-        self.vmapped_trainer = make_meta_trainer(estimator, lopt, [task], outer_optimizer=optax.adam(1e-3),
+        # The same step with the population vmapped and one row block per matrix: XLA's FLOP count
+        # covers every member and every block.
+        self.vmapped_trainer = make_meta_trainer(estimator, _common.one_row_block(lopt), [task],
+                                                 outer_optimizer=optax.adam(1e-3),
                                                  execution=Execution(member_map="vmap"), **estimator_kwargs)
         est = self.trainer.estimator
         if estimator == "es":
@@ -175,23 +177,21 @@ def flop_bound(setup: Setup, meta: MetaRunner, adam_steps_per_s: float) -> tuple
     tx_adam = optax.adam(1e-3)
     grads = jax.grad(task.loss)(params, batch)
     f_model = _common.xla_flops(jax.value_and_grad(task.loss), params, batch)
-    f_lo = _common.lo_update_flops(tx_lo, grads, tx_lo.init(params), params)
+    f_lo = _common.lo_update_flops(lopt, theta, 1000, grads, params, param_meta=task.param_meta)
     f_adam = _common.xla_flops(lambda g, s, p: tx_adam.update(g, s, p), grads, tx_adam.init(params), params)
     # XLA counts a scan's body once: the outer step's count (population vmapped) minus one
     # vmapped inner step is the estimator's own work per outer step.
-    with _common.one_row_block():
-        f_outer = _common.xla_flops(lambda st, k: setup.vmapped_trainer.step(st, k, 0), meta.state, meta.key)
+    f_outer = _common.xla_flops(lambda st, k: setup.vmapped_trainer.step(st, k, 0), meta.state, meta.key)
     members = setup.members
     inner = init_inner_state(task, tx_lo, key)
     thetas = jax.tree.map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), theta)
 
     def body(th, state):
-        tx = lopt.transform(th, 1000, param_meta=task.param_meta)
+        tx = _common.one_row_block(lopt).transform(th, 1000, param_meta=task.param_meta)
         return inner_step(task, tx, state)
 
     inners = jax.tree.map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), inner)
-    with _common.one_row_block():
-        f_body = _common.xla_flops(jax.vmap(body), thetas, inners)
+    f_body = _common.xla_flops(jax.vmap(body), thetas, inners)
     if setup.estimator == "tbptt":
         # Reverse mode re-runs the body's forward (with remat) and its transpose (about twice the
         # forward): the estimator's work is the backward pass through the inner steps.

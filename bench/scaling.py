@@ -89,10 +89,9 @@ def child(spec: dict) -> dict:
 
     params = task.init(key)
     batch = task.batch(key, 0)
-    tx = lopt.transform(lopt.init(key), 1000, param_meta=task.param_meta)
     grads = jax.grad(task.loss)(params, batch)
     f_model = _common.xla_flops(jax.value_and_grad(task.loss), params, batch)
-    f_lo = _common.lo_update_flops(tx, grads, tx.init(params), params)
+    f_lo = _common.lo_update_flops(lopt, lopt.init(key), 1000, grads, params, param_meta=task.param_meta)
     return dict(devices=len(jax.devices()), used=spec["devices"], steps_per_s=steps / seconds,
                 ms_per_inner_step=1e3 * seconds / steps, compile_s=compile_s, f_model=f_model, f_lo=f_lo,
                 params=int(sum(x.size for x in jax.tree.leaves(params))),

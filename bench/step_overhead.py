@@ -112,7 +112,7 @@ def measure(case: Case, lopt, theta, args) -> list:
     f_model = _common.xla_flops(jax.value_and_grad(task.loss), params, batch)
     lo_state = tx_lo.init(params)
     adam_state = tx_adam.init(params)
-    f_lo = _common.lo_update_flops(tx_lo, grads, lo_state, params)
+    f_lo = _common.lo_update_flops(lopt, theta, args.num_steps, grads, params, param_meta=task.param_meta)
     f_adam = _common.xla_flops(lambda g, s, p: tx_adam.update(g, s, p), grads, adam_state, params)
     state_ratio = _common.tree_bytes(lo_state) / _common.tree_bytes(adam_state)
     del grads, lo_state, adam_state

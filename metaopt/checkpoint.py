@@ -179,7 +179,8 @@ def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overw
     new one is complete; ``before_commit`` is called just before the complete one is renamed into place.
 
     Raises:
-      CheckpointError: ``path`` exists and ``overwrite`` is False, or a leaf cannot be saved.
+      CheckpointError: ``path`` exists and ``overwrite`` is False, or the tree has no leaves or one
+        that cannot be saved.
       ValueError: ``metadata`` is not a JSON-serialisable dict.
     """
     import orbax.checkpoint as ocp
@@ -190,10 +191,14 @@ def save_tree(path: Any, tree: PyTree, metadata: Optional[dict] = None, *, overw
     metadata = _to_json({} if metadata is None else metadata, "metadata")
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata: expected a dict, got {type(metadata).__name__}")
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not flat:
+        raise CheckpointError("tree: no leaves to save")
+    for key_path, leaf in flat:
         if not isinstance(leaf, _LEAF_TYPES):
             raise CheckpointError(f"tree{jax.tree_util.keystr(key_path)}: leaf of type {type(leaf).__name__} "
                                   "cannot be saved (expected arrays, Python scalars or strings)")
+    tree = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree)  # numpy scalars as arrays
     staged = path.absolute().parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     staged.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -409,15 +414,16 @@ def load(path: Any, lopt: Optional[_lo.LearnedOptimizer] = None) -> tuple[_lo.Le
     path = resolve_path(path)
     manifest, metadata = open_checkpoint(path)
     content = _content(path, metadata)
-    kind, config = content["kind"], content["config"]
+    kind = content["kind"]
     try:
-        stored = _lo.lookup(kind).from_config(config)
+        stored = _lo.lookup(kind).from_config(content["config"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the learned optimizer: {err}") from None
     if lopt is not None:
         if lopt.kind != kind:
             raise CheckpointError(f"kind: checkpoint holds {kind!r}, given {lopt.kind!r}")
-        given = _to_json(lopt.config(), "lopt.config()")
+        # Fields added since the checkpoint was written take their defaults on both sides.
+        config, given = (_to_json(x.config(), "lopt.config()") for x in (stored, lopt))
         absent = object()
         show = lambda v: "absent" if v is absent else repr(v)  # noqa: E731
         diffs = [f"{k} (checkpoint {show(config.get(k, absent))}, given {show(given.get(k, absent))})"

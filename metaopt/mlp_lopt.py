@@ -40,13 +40,11 @@ __all__ = ["MLPLOpt"]
 
 PyTree = Any
 
-# Parameter entries per block of a large matrix on CPU; see ``MLPLOpt._matrix_step``.
-_ROW_CHUNK = 32768
 # Matrices with at least this many entries get their own pass (``MLPLOpt._matrix_step``); smaller
 # tensors are batched into one, which is faster for them, both for a single small model's training
 # step and for meta-training populations run one member at a time (figures: docs/PERFORMANCE.md,
 # "the feature pass and the matrix pass").
-_MATRIX_MIN_SIZE = 2 * _ROW_CHUNK
+_MATRIX_MIN_SIZE = 65536
 
 
 def _past_end_warning(theta: Any, num_steps: Any):
@@ -70,12 +68,13 @@ def _past_end_warning(theta: Any, num_steps: Any):
     return at_step
 
 
-def _num_blocks(rows: int, cols: int) -> tuple[int, int]:
-    """(rows per block, number of blocks) for a matrix's step: one block off CPU or when small;
-    otherwise about ``_ROW_CHUNK`` entries per block, a divisor of ``rows`` when one is close."""
-    if rows * cols <= 2 * _ROW_CHUNK or jax.default_backend() != "cpu":
+def _num_blocks(rows: int, cols: int, row_block: Optional[int]) -> tuple[int, int]:
+    """(rows per block, number of blocks) for a matrix's step: one block off CPU, without
+    ``row_block`` or when small; otherwise about ``row_block`` entries per block, a divisor of
+    ``rows`` when one is close."""
+    if row_block is None or rows * cols <= 2 * row_block or jax.default_backend() != "cpu":
         return rows, 1
-    target = max(1, min(rows, _ROW_CHUNK // cols))
+    target = max(1, min(rows, row_block // cols))
     divisor = max(d for d in range(1, target + 1) if rows % d == 0)
     block = divisor if 2 * divisor >= target else target
     return block, -(-rows // block)
@@ -113,6 +112,10 @@ class MLPLOpt(LearnedOptimizer):
         matrices and convolution kernels, seen as (fan_in, fan_out)) by its Newton–Schulz
         orthogonalisation at the same RMS (``metaopt.orthogonalize``), as Celo2 does; input,
         output, embedding and bias tensors keep the learned step.
+      row_block: on CPU, the step of a large matrix runs in blocks of rows of about this many
+        entries, which bounds the memory of the per-entry network; ``None`` runs every matrix in
+        one block, as accelerators do (XLA's FLOP count then covers every block). The order of
+        summation, and so the last bits of a step, depend on it.
 
     With ``num_hidden_layers=0, normalize_inputs=False, mup=False, time_features=False,
     step_features=False, lambda1=lr`` and a theta whose direction row is one-hot on
@@ -144,6 +147,7 @@ class MLPLOpt(LearnedOptimizer):
     init_learning_rate: float = 0.1
     init_decay: Optional[float] = None
     orthogonalize: bool = False
+    row_block: Optional[int] = 32768
 
     def __post_init__(self):
         from metaopt import validation as v
@@ -154,6 +158,8 @@ class MLPLOpt(LearnedOptimizer):
                 object.__setattr__(self, name, tuple(value))
         v.check_int(self.hidden_size, "hidden_size", 1)
         v.check_int(self.num_hidden_layers, "num_hidden_layers", 0)
+        if self.row_block is not None:
+            v.check_int(self.row_block, "row_block", 1)
         for name in ("mup", "time_features", "step_features", "normalize_inputs", "orthogonalize"):
             v.check_bool(getattr(self, name), name)
         v.check_number(self.lambda1, "lambda1", low=0.0, low_open=True, allow_none=True)
@@ -383,7 +389,7 @@ class MLPLOpt(LearnedOptimizer):
             h = jnp.einsum("fh,frc->hrc", w0_dense, x) + row_part[:, :, None] + col_part[:, None, :]
             return self._layers_after_first(theta, h.reshape(hidden, -1)).reshape(x.shape[1:])
 
-        block, num_blocks = _num_blocks(rows, cols)
+        block, num_blocks = _num_blocks(rows, cols, self.row_block)
         if num_blocks == 1:
             x = features(p, g, momentum, second, (row, col))
             if self.normalize_inputs and dense:

@@ -388,10 +388,10 @@ def test_matrix_path_matches_batched_path(lopt, monkeypatch):
     batched = run(theta), jax.grad(meta_loss)(theta)
     # 64 entries per block: w_pad runs in 8 blocks of 5 rows (3 of them padding), w_even in blocks
     # of 4 rows, w_one in one block; w_small and b stay in the batched pass.
-    monkeypatch.setattr(mlp_lopt, "_ROW_CHUNK", 64)
     monkeypatch.setattr(mlp_lopt, "_MATRIX_MIN_SIZE", 100)
-    assert mlp_lopt._num_blocks(37, 12) == (5, 8) and mlp_lopt._num_blocks(32, 16) == (4, 8)
-    assert mlp_lopt._num_blocks(10, 11) == (10, 1)
+    assert mlp_lopt._num_blocks(37, 12, 64) == (5, 8) and mlp_lopt._num_blocks(32, 16, 64) == (4, 8)
+    assert mlp_lopt._num_blocks(10, 11, 64) == (10, 1) and mlp_lopt._num_blocks(37, 12, None) == (37, 1)
+    lopt = dataclasses.replace(lopt, row_block=64)
     blocked = run(theta), jax.grad(meta_loss)(theta)
     # Summation order differs, and sin(100 u) amplifies rounding: compare on each leaf's scale.
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(blocked)):
