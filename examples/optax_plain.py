@@ -42,7 +42,7 @@ def apply(params, x):
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--optimizer", default="mulo-mlp", help="a shipped learned optimizer")
+    parser.add_argument("--optimizer", default="mulo-v4", help="a shipped learned optimizer")
     args = parser.parse_args(argv)
 
     digits = load_digits()
