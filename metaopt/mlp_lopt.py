@@ -429,21 +429,22 @@ class MLPLOpt(LearnedOptimizer):
 
     # --- the optax transformation -------------------------------------------------------------
 
-    def _multipliers(self, params, param_meta, roles, multipliers, base_params, parametrization):
-        """s_W per tensor, in ``jax.tree.leaves(unwrap(params))`` order."""
+    def _per_tensor(self, params, param_meta, roles, multipliers, base_params, parametrization):
+        """(s_W, whether the step is orthogonalised) per tensor, in ``jax.tree.leaves(unwrap(params))``
+        order; the µP metadata is resolved once, where the multipliers or ``orthogonalize`` need it."""
+        count = len(jax.tree.leaves(unwrap(params)))
+        given = any(x is not None for x in (param_meta, roles, base_params))
+        meta = None
+        if self.orthogonalize or (multipliers is None and (self.mup or given)):
+            meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)  # validates
         if multipliers is not None:
-            return jax.tree.leaves(check_multipliers(params, multipliers))
-        if not self.mup:
-            if any(x is not None for x in (param_meta, roles, base_params)):
-                resolve_param_meta(params, param_meta, roles, base_params, parametrization)  # validates
-            return [1.0] * len(jax.tree.leaves(unwrap(params)))
-        meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
-        return jax.tree.leaves(lo_multipliers(meta))
-
-    def _hidden_tensors(self, params, param_meta, roles, multipliers, base_params, parametrization):
-        """Whether each tensor (``jax.tree.leaves(unwrap(params))`` order) has the role ``hidden``."""
-        meta = resolve_param_meta(params, param_meta, roles, base_params, parametrization)
-        return [r == "hidden" for r in jax.tree.leaves(roles_of(meta))]
+            scales = jax.tree.leaves(check_multipliers(params, multipliers))
+        elif self.mup:
+            scales = jax.tree.leaves(lo_multipliers(meta))
+        else:
+            scales = [1.0] * count
+        hidden = [r == "hidden" for r in jax.tree.leaves(roles_of(meta))] if self.orthogonalize else [False] * count
+        return scales, hidden
 
     def transform(self, theta: dict, num_steps: Any, *, param_meta: Any = None, roles: Any = None,
                   multipliers: Any = None, base_params: Any = None, parametrization: Optional[str] = None,
@@ -492,7 +493,7 @@ class MLPLOpt(LearnedOptimizer):
 
         def init_fn(params):
             check_params(params)
-            self._multipliers(params, *mup_args)
+            self._per_tensor(params, *mup_args)
             return feat.init_accumulators(unwrap(params), self.momentum_decays, self.factored_decays)
 
         def update_fn(updates, state, params=None, **extra_args):
@@ -501,7 +502,7 @@ class MLPLOpt(LearnedOptimizer):
                 raise ValueError("params: MLPLOpt.update needs params (the parameter is an input feature)")
             out_treedef = jax.tree.structure(updates)  # nnx variables stay where they were
             updates, params = unwrap(updates), unwrap(params)
-            scales = self._multipliers(updates, *mup_args)
+            scales, orthogonal = self._per_tensor(updates, *mup_args)
             step_size = learning_rate(state.count) if callable(learning_rate) else learning_rate
             if past_end is not None:
                 past_end(state.count)
@@ -536,9 +537,7 @@ class MLPLOpt(LearnedOptimizer):
                     size = g_leaves[i].size
                     steps[i] = step[offset:offset + size].reshape(g_leaves[i].shape)
                     offset += size
-            if self.orthogonalize:
-                hidden = self._hidden_tensors(updates, *mup_args)
-                steps = [orthogonalized(s) if h and s.ndim >= 2 else s for s, h in zip(steps, hidden)]
+            steps = [orthogonalized(s) if o and s.ndim >= 2 else s for s, o in zip(steps, orthogonal)]
             step_size = jnp.asarray(step_size, jnp.float32)
             out = [(-(step_size * jnp.asarray(s, jnp.float32)) * u).astype(p.dtype)
                    for u, p, s in zip(steps, p_leaves, scales)]

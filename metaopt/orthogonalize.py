@@ -28,14 +28,14 @@ def newton_schulz(matrix: jax.Array, num_iterations: int = NUM_ITERATIONS) -> ja
     """Approximately ``U V^T`` for ``matrix = U S V^T`` (2-D, float32 arithmetic)."""
     a, b, c = _COEFFICIENTS
     x = jnp.asarray(matrix, jnp.float32)
-    wide = x.shape[0] > x.shape[1]
-    if wide:
+    tall = x.shape[0] > x.shape[1]
+    if tall:
         x = x.T  # iterate on the smaller Gram matrix
     x = x / (jnp.linalg.norm(x) + 1e-7)
     for _ in range(num_iterations):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if wide else x
+    return x.T if tall else x
 
 
 def orthogonalized(step: jax.Array, num_iterations: int = NUM_ITERATIONS) -> jax.Array:

@@ -1,7 +1,8 @@
 """One stretch of an inner run and its meta-loss: the unroll every estimator differentiates or scores.
 
 A stretch is ``length`` inner steps in one ``lax.scan``; its meta-loss is the task's normalised loss
-(on a linear or log scale) averaged over the stretch or taken at its end, and a diverged stretch gets the worst meta-loss.
+(on a linear or log scale) averaged over the stretch or taken at its end, and a diverged stretch
+gets the worst meta-loss.
 """
 
 from __future__ import annotations
