@@ -235,6 +235,45 @@ def test_tbptt_on_the_log_scale_equals_the_exact_gradient():
     np.testing.assert_allclose(flat(grad), flat(jax.grad(log_meta_loss)(THETA)), rtol=1e-4, atol=1e-6)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutQuadratic(Quadratic):
+    """The quadratic whose held-out loss weighs the coordinates in the reverse order."""
+
+    def eval_loss(self, params):
+        return 0.5 * jnp.sum(jnp.asarray(self.curvature[::-1]) * params["w"] ** 2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "final"])
+def test_tbptt_on_the_mixed_meta_loss_equals_the_exact_gradient(reduction):
+    a, weight = jnp.asarray(CURVATURE), 0.75
+
+    def mixed_meta_loss(theta):
+        def term(losses):
+            logged = [1.0 + jnp.log10(x) / meta_loss.LOG_DECADES for x in losses]
+            return jnp.mean(jnp.stack(logged if reduction == "mean" else logged[-1:]))
+
+        lr, w, train, held_out = jnp.exp(theta["log_lr"]), jnp.ones_like(a), [], []
+        for _ in range(K):
+            w = w - lr * a * w
+            train.append(0.5 * jnp.sum(a * w ** 2))
+            held_out.append(0.5 * jnp.sum(a[::-1] * w ** 2))
+        return (1.0 - weight) * term(train) + weight * term(held_out)
+
+    settings = dict(SETTINGS, meta_loss="mixed", meta_loss_eval_weight=weight, meta_loss_scale="log",
+                    meta_loss_reduction=reduction)
+    trainer = make_meta_trainer("tbptt", LOPT, [HeldOutQuadratic()], outer_optimizer=optax.inject_hyperparams(
+        optax.sgd)(learning_rate=-1.0), **settings)
+    state = trainer.init(jax.random.key(0), THETA)
+    grad, _, metrics = estimate(jax.jit(trainer.step, static_argnums=2), state, jax.random.key(1))
+    np.testing.assert_allclose(float(metrics["meta_loss"]), float(mixed_meta_loss(THETA)), rtol=1e-5)
+    np.testing.assert_allclose(flat(grad), flat(jax.grad(mixed_meta_loss)(THETA)), rtol=1e-4, atol=1e-6)
+    # neither term alone
+    for kind in ("train", "eval"):
+        alone = make_meta_trainer("tbptt", LOPT, [HeldOutQuadratic()], **dict(settings, meta_loss=kind))
+        _, other = jax.jit(alone.step, static_argnums=2)(alone.init(jax.random.key(0), THETA), jax.random.key(1), 0)
+        assert abs(float(other["meta_loss"]) - float(metrics["meta_loss"])) > 1e-3
+
+
 def test_pes_is_unbiased_over_the_horizon():
     grad, exact, detached = average_estimates("pes", 12)
     assert cosine(grad, exact) > 0.95
@@ -313,6 +352,8 @@ def test_horizons_are_whole_truncations_within_bounds():
     ("pes", {"meta_loss_reduction": "max"}, "meta_loss_reduction"),
     ("tbptt", {"meta_loss_scale": "sqrt"}, "meta_loss_scale"),
     ("es", {"meta_loss_scale": "exp"}, "meta_loss_scale"),
+    ("pes", {"meta_loss": "mixed", "meta_loss_eval_weight": 1.0}, "meta_loss_eval_weight"),
+    ("es", {"meta_loss": "both"}, "meta_loss"),
     ("es", {"strategy": "ga"}, "strategy"),
     ("es", {"population_size": 7}, "population_size"),
     ("es", {"strategy": "cma_es", "fitness_shaping": "pairwise"}, "fitness_shaping"),

@@ -67,8 +67,10 @@ class ESConfig:
         rank weights) or "pairwise" (within-pair ranks; antithetic strategies only).
       learning_rate: step size of the optimizer updating the mean ("open_es" and "pgpe").
       num_tasks_per_member: task instances each member is trained on per generation.
-      meta_loss: "train" or "eval" (normalised training or held-out loss).
+      meta_loss: "train", "eval" or "mixed" (normalised training loss, held-out loss, or
+        ``meta_loss_eval_weight`` of the held-out term plus the rest of the training term).
       meta_loss_scale: "linear" (the normalised loss) or "log" (its logarithm, see ``meta_loss``).
+      meta_loss_eval_weight: the held-out term's weight in the "mixed" meta-loss, in (0, 1).
       optimizer: "adam" or "sgd", the optimizer of the mean ("open_es" and "pgpe").
       max_meta_loss: optional cap on the meta-loss (the fitness of a diverged run).
     """
@@ -86,6 +88,7 @@ class ESConfig:
     num_tasks_per_member: int = 1
     meta_loss: str = "train"
     meta_loss_scale: str = "linear"
+    meta_loss_eval_weight: float = 0.5
     optimizer: str = "adam"
     max_meta_loss: Optional[float] = None
 
@@ -118,7 +121,8 @@ class ESConfig:
             raise ValueError(f"optimizer: got {self.optimizer!r}, expected one of {OPTIMIZERS}")
         v.check_number(self.max_meta_loss, "max_meta_loss", low=0.0, low_open=True, allow_none=True)
         meta_loss_lib.check_meta_loss_options(self.meta_loss, self.fitness, reduction_field="fitness",
-                                              scale=self.meta_loss_scale)
+                                              scale=self.meta_loss_scale,
+                                              eval_weight=self.meta_loss_eval_weight)
 
     @property
     def sampled_horizon(self) -> bool:
@@ -241,7 +245,8 @@ class EvolutionStrategy(base.Estimator):
             inner = init_inner_state(task, tx, key)
             _, value, diverged = run_segment(
                 task, tx, inner, config.run_length, meta_loss=config.meta_loss, reduction=config.fitness,
-                worst=worst, horizon=mask_horizon, scale=config.meta_loss_scale)
+                worst=worst, horizon=mask_horizon, scale=config.meta_loss_scale,
+                eval_weight=config.meta_loss_eval_weight)
             return value, diverged | (value >= worst)  # a run at the loss ceiling counts as diverged
 
         def member(theta, keys):

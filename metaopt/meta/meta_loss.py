@@ -1,8 +1,11 @@
 """The meta-loss: what a learned optimizer is meta-trained to make small.
 
 The meta-loss of a stretch of inner training is the task's normalised loss (``task.normalize_loss``,
-which puts every task on one scale) of either the training loss or the held-out loss
-(``task.eval_loss``), averaged over the steps of the stretch or taken at its end. A diverged inner
+which puts every task on one scale) of the training loss, of the held-out loss (``task.eval_loss``)
+or of a weighted mixture of the two ("mixed": ``eval_weight`` times the held-out term plus the rest
+times the training term, each on the chosen scale), averaged over the steps of the stretch or taken
+at its end. A training-loss meta-objective rewards memorising a small training set, a held-out one
+rewards stopping short of the training loss a tuned optimizer reaches; the mixture asks for both. A diverged inner
 run (a NaN or inf loss or parameter) gets the worst value, so that the meta-loss stays bounded and
 finite; the estimators additionally drop its contribution to the meta-gradient.
 
@@ -24,16 +27,17 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from metaopt import validation
 from metaopt.task_protocol import InnerTask
 
 __all__ = [
     "META_LOSSES", "REDUCTIONS", "DEFAULT_MAX_META_LOSS", "worst_meta_loss", "normalized",
-    "tree_all_finite", "check_meta_loss_options", "SCALES", "LOG_DECADES", "scaled",
+    "tree_all_finite", "check_meta_loss_options", "SCALES", "LOG_DECADES", "scaled", "uses_train", "uses_eval",
 ]
 
 PyTree = Any
 
-META_LOSSES = ("train", "eval")
+META_LOSSES = ("train", "eval", "mixed")
 REDUCTIONS = ("mean", "final")
 SCALES = ("linear", "log")
 
@@ -86,6 +90,16 @@ def scaled(values: jax.Array, scale: str, worst: jax.Array) -> jax.Array:
     return jnp.where(values >= worst, worst, jnp.minimum(logged, worst))
 
 
+def uses_train(meta_loss: str) -> bool:
+    """Whether the meta-loss ``meta_loss`` has a training-loss term."""
+    return meta_loss in ("train", "mixed")
+
+
+def uses_eval(meta_loss: str) -> bool:
+    """Whether the meta-loss ``meta_loss`` has a held-out-loss term."""
+    return meta_loss in ("eval", "mixed")
+
+
 def tree_all_finite(tree: PyTree) -> jax.Array:
     """True when every floating-point leaf of ``tree`` is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
@@ -95,8 +109,9 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
 
 
 def check_meta_loss_options(meta_loss: str, reduction: str, *, reduction_field: str = "meta_loss_reduction",
-                            scale: str = "linear") -> None:
-    """Raises ``ValueError`` for an unknown meta-loss kind, reduction or scale."""
+                            scale: str = "linear", eval_weight: float = 0.5) -> None:
+    """Raises ``ValueError`` for an unknown meta-loss kind, reduction or scale, or a bad mixture weight."""
+    validation.check_number(eval_weight, "meta_loss_eval_weight", low=0.0, high=1.0, low_open=True, high_open=True)
     if meta_loss not in META_LOSSES:
         raise ValueError(f"meta_loss: got {meta_loss!r}, expected one of {META_LOSSES}")
     if reduction not in REDUCTIONS:

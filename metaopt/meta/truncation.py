@@ -60,9 +60,11 @@ class TruncationConfig:
       horizon_sampling: "constant" (always ``max_horizon``) or "log_uniform".
       num_perturbations: antithetic pairs per task slot (PES, truncated ES).
       sigma: standard deviation of the theta perturbations (PES, truncated ES).
-      meta_loss: "train" (normalised training loss) or "eval" (normalised held-out loss).
+      meta_loss: "train" (normalised training loss), "eval" (normalised held-out loss) or "mixed"
+        (``meta_loss_eval_weight`` of the held-out term plus the rest of the training term).
       meta_loss_reduction: "mean" over the truncation's steps, or "final" (at its end).
       meta_loss_scale: "linear" (the normalised loss) or "log" (its logarithm, see ``meta_loss``).
+      meta_loss_eval_weight: the held-out term's weight in the "mixed" meta-loss, in (0, 1).
       remat: rematerialise the unroll in the backward pass (TBPTT), bounding memory by one step.
       max_meta_loss: optional cap on the meta-loss (the value a diverged run gets when the task's
         normaliser is unbounded).
@@ -78,6 +80,7 @@ class TruncationConfig:
     meta_loss: str = "train"
     meta_loss_reduction: str = "mean"
     meta_loss_scale: str = "linear"
+    meta_loss_eval_weight: float = 0.5
     remat: bool = True
     max_meta_loss: Optional[float] = None
 
@@ -91,7 +94,8 @@ class TruncationConfig:
         v.check_number(self.sigma, "sigma", low=0.0, low_open=True)
         v.check_bool(self.remat, "remat")
         v.check_number(self.max_meta_loss, "max_meta_loss", low=0.0, low_open=True, allow_none=True)
-        meta_loss_lib.check_meta_loss_options(self.meta_loss, self.meta_loss_reduction, scale=self.meta_loss_scale)
+        meta_loss_lib.check_meta_loss_options(self.meta_loss, self.meta_loss_reduction, scale=self.meta_loss_scale,
+                                              eval_weight=self.meta_loss_eval_weight)
 
 
 class RunState(NamedTuple):
@@ -157,7 +161,7 @@ def truncation(task: InnerTask, lopt: LearnedOptimizer, theta: PyTree, run: RunS
     tx = lopt.transform(theta, run.horizon, param_meta=task.param_meta)
     return run_segment(task, tx, run.inner, config.truncation_length, meta_loss=config.meta_loss,
                        reduction=config.meta_loss_reduction, worst=worst, remat=config.remat,
-                       scale=config.meta_loss_scale)
+                       scale=config.meta_loss_scale, eval_weight=config.meta_loss_eval_weight)
 
 
 def slot_any(flags: jax.Array, members_per_task: int) -> jax.Array:
