@@ -2,7 +2,8 @@
 
 Each shipped optimizer is a ``metaopt.save`` folder under ``metaopt/pretrained_weights/NAME`` whose
 metadata records what made it: the meta-training config, the code version, the command that
-reproduces it and what it cost. ``pretrained(name, num_steps)`` returns the ready optax transform.
+reproduces it and what it cost (written by ``python -m meta_train.ship``). ``pretrained(name,
+num_steps)`` returns the ready optax transform.
 
 Example::
 
@@ -12,21 +13,16 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import importlib.resources
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import optax
 
 from metaopt import checkpoint
 
 __all__ = [
-    "WEIGHTS_PACKAGE", "PretrainedInfo", "info", "list_pretrained", "load_pretrained", "pretrained",
-    "package_run", "main",
+    "WEIGHTS_PACKAGE", "PretrainedInfo", "info", "list_pretrained", "load_pretrained", "pretrained", "weights_root",
 ]
 
 WEIGHTS_PACKAGE = "metaopt.pretrained_weights"
@@ -43,12 +39,13 @@ class PretrainedInfo(NamedTuple):
     path: Path
 
 
-def _weights_root() -> Path:
+def weights_root() -> Path:
+    """The folder of the shipped weights inside the installed package."""
     return Path(str(importlib.resources.files(WEIGHTS_PACKAGE)))
 
 
 def _names() -> list[str]:
-    root = _weights_root()
+    root = weights_root()
     return sorted(p.name for p in root.iterdir() if checkpoint.is_checkpoint(p))
 
 
@@ -57,7 +54,7 @@ def _path(name: str) -> Path:
     names = _names()
     if name not in names:
         raise ValueError(f"name: no pretrained learned optimizer {name!r}; shipped: {names}")
-    return _weights_root() / name
+    return weights_root() / name
 
 
 def info(name: str) -> PretrainedInfo:
@@ -100,96 +97,6 @@ def pretrained(name: str, num_steps: int, **transform_kwargs) -> optax.GradientT
     return lopt.transform(theta, num_steps, **transform_kwargs)
 
 
-def _code_version(root: Path) -> str:
-    from metaopt import __version__
-
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return f"metaopt {__version__} (commit {commit})"
-
-
-def _meta_training_seconds(run_dir: Path) -> Optional[float]:
-    """Wall-clock seconds of meta-training, from the last record of the run's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
-        if line.strip():
-            last = json.loads(line)
-    if not last:
-        return None
-    for name in ("elapsed_s", "wall_s", "time_s"):
-        if name in last:
-            return float(last[name])
-    return None
-
-
-def package_run(run_dir: Any, name: str, description: str, command: str, *,
-                out_root: Any = None, overwrite: bool = False) -> Path:
-    """Turns a finished meta-training run into a shipped learned optimizer.
-
-    The record stored beside theta names the config (its full resolved text), the code version,
-    the command that reproduces the run and its cost (wall-clock meta-training time on the machine
-    that made it).
-
-    Args:
-      run_dir: a ``meta_train`` run folder.
-      name: the shipped name (e.g. ``"mulo-mlp"``).
-      description: one line saying what it is.
-      command: the exact command that reproduces the run.
-      out_root: where to write (default: the package's ``pretrained_weights`` folder).
-      overwrite: replace an existing shipped optimizer of that name.
-
-    Returns:
-      The written folder.
-    """
-    run_dir = Path(run_dir)
-    lopt, theta = checkpoint.load(run_dir)
-    metadata = dict(checkpoint.load_metadata(run_dir))
-    seconds = _meta_training_seconds(run_dir)
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    cost = (f"{seconds / 60:.0f} minutes of meta-training on 2 CPU cores" if seconds is not None
-            else "unknown")
-    metadata["pretrained"] = {
-        "name": name,
-        "description": description,
-        "command": command,
-        "cost": cost,
-        "code_version": _code_version(Path(__file__).resolve().parent.parent),
-        "config": config_text,
-    }
-    root = _weights_root() if out_root is None else Path(out_root)
-    return checkpoint.save(root / name, lopt, theta, metadata=metadata, overwrite=overwrite)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m metaopt.shipped RUN_DIR NAME --description ... --command ...``."""
-    parser = argparse.ArgumentParser(prog="python -m metaopt.shipped",
-                                     description="Ship a meta-training run as a pretrained learned optimizer.")
-    parser.add_argument("run_dir")
-    parser.add_argument("name")
-    parser.add_argument("--description", required=True)
-    parser.add_argument("--command", required=True)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        path = package_run(args.run_dir, args.name, args.description, args.command,
-                           overwrite=args.overwrite)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"shipped {args.name} at {path}")
-    return 0
-
-
 pretrained.list = list_pretrained  # type: ignore[attr-defined]
 pretrained.info = info  # type: ignore[attr-defined]
 pretrained.load = load_pretrained  # type: ignore[attr-defined]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,7 @@ import pytest
 
 import metaopt
 from metaopt import shipped
+from metaopt.meta_train import ship
 from metaopt.tasks import get_family
 
 SHIPPED = ("mulo-mlp", "lo-mlp-sp", "schedule-adamw")
@@ -95,7 +96,7 @@ def test_package_run_records_the_run(tmp_path):
     metaopt.save(run_dir / "theta", lopt, lopt.init(jax.random.key(0)), metadata={"num_steps": 10})
     (run_dir / "config.yaml").write_text("name: tiny\nestimator:\n  name: pes\n")
     (run_dir / "metrics.jsonl").write_text('{"step": 1, "elapsed_s": 120.0}\n')
-    path = shipped.package_run(run_dir, "tiny", "a tiny test optimizer",
+    path = ship.package_run(run_dir, "tiny", "a tiny test optimizer",
                                          "python -m meta_train --config configs/tiny.yaml",
                                          out_root=tmp_path / "shipped")
     record = metaopt.checkpoint.load_metadata(path)["pretrained"]
