@@ -5,9 +5,9 @@ which puts every task on one scale) of the training loss, of the held-out loss (
 or of a weighted mixture of the two ("mixed": ``eval_weight`` times the held-out term plus the rest
 times the training term, each on the chosen scale), averaged over the steps of the stretch or taken
 at its end. A training-loss meta-objective rewards memorising a small training set, a held-out one
-rewards stopping short of the training loss a tuned optimizer reaches; the mixture asks for both. A diverged inner
-run (a NaN or inf loss or parameter) gets the worst value, so that the meta-loss stays bounded and
-finite; the estimators additionally drop its contribution to the meta-gradient.
+rewards stopping short of the training loss a tuned optimizer reaches; the mixture asks for both.
+A diverged inner run (a NaN or inf loss or parameter) gets the worst value, so that the meta-loss
+stays bounded and finite; the estimators additionally drop its contribution to the meta-gradient.
 
 The normalised loss is used as it is (``scale="linear"``) or on a log scale (``scale="log"``:
 ``1 + log10(n) / LOG_DECADES``, 1 at chance level and 0 once the loss is ``LOG_DECADES`` orders of
@@ -32,7 +32,8 @@ from metaopt.task_protocol import InnerTask
 
 __all__ = [
     "META_LOSSES", "REDUCTIONS", "DEFAULT_MAX_META_LOSS", "worst_meta_loss", "normalized",
-    "tree_all_finite", "check_meta_loss_options", "SCALES", "LOG_DECADES", "scaled", "uses_train", "uses_eval",
+    "tree_all_finite", "check_meta_loss_options", "SCALES", "LOG_DECADES", "scaled", "uses_train",
+    "uses_eval",
 ]
 
 PyTree = Any
