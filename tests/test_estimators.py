@@ -247,7 +247,8 @@ class HeldOutQuadratic(Quadratic):
 def test_tbptt_on_the_mixed_meta_loss_equals_the_exact_gradient(reduction):
     a, weight = jnp.asarray(CURVATURE), 0.75
 
-    def mixed_meta_loss(theta):
+    def terms(theta):
+        """The (training, held-out) terms of the log-scale meta-loss of the first truncation."""
         def term(losses):
             logged = [1.0 + jnp.log10(x) / meta_loss.LOG_DECADES for x in losses]
             return jnp.mean(jnp.stack(logged if reduction == "mean" else logged[-1:]))
@@ -257,7 +258,11 @@ def test_tbptt_on_the_mixed_meta_loss_equals_the_exact_gradient(reduction):
             w = w - lr * a * w
             train.append(0.5 * jnp.sum(a * w ** 2))
             held_out.append(0.5 * jnp.sum(a[::-1] * w ** 2))
-        return (1.0 - weight) * term(train) + weight * term(held_out)
+        return term(train), term(held_out)
+
+    def mixed_meta_loss(theta):
+        train, held_out = terms(theta)
+        return (1.0 - weight) * train + weight * held_out
 
     settings = dict(SETTINGS, meta_loss="mixed", meta_loss_eval_weight=weight, meta_loss_scale="log",
                     meta_loss_reduction=reduction)
@@ -267,11 +272,8 @@ def test_tbptt_on_the_mixed_meta_loss_equals_the_exact_gradient(reduction):
     grad, _, metrics = estimate(jax.jit(trainer.step, static_argnums=2), state, jax.random.key(1))
     np.testing.assert_allclose(float(metrics["meta_loss"]), float(mixed_meta_loss(THETA)), rtol=1e-5)
     np.testing.assert_allclose(flat(grad), flat(jax.grad(mixed_meta_loss)(THETA)), rtol=1e-4, atol=1e-6)
-    # neither term alone
-    for kind in ("train", "eval"):
-        alone = make_meta_trainer("tbptt", LOPT, [HeldOutQuadratic()], **dict(settings, meta_loss=kind))
-        _, other = jax.jit(alone.step, static_argnums=2)(alone.init(jax.random.key(0), THETA), jax.random.key(1), 0)
-        assert abs(float(other["meta_loss"]) - float(metrics["meta_loss"])) > 1e-3
+    # the two terms differ on this task, so the value above is neither of them alone
+    assert min(abs(float(t) - float(metrics["meta_loss"])) for t in terms(THETA)) > 1e-3
 
 
 def test_pes_is_unbiased_over_the_horizon():
