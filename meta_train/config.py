@@ -10,6 +10,7 @@ A config file holds these sections (``--print-config`` prints one resolved)::
     log_every: 10               # outer steps between metrics records
     devices: null               # number of devices the population axis is sharded over (null: all)
     stall_steps: 10             # say so when not learning for this many outer steps in a row
+    init_theta: null            # start from these weights (a shipped name, run or saved folder)
     execution:                  # how population members run on each device (metaopt.population)
       member_map: auto          # loop | vmap | auto (loop on CPU, vmap on accelerators)
       member_batch: 1           # members vmapped together within one group of a loop
@@ -141,6 +142,7 @@ class RunConfig:
     log_every: int = 10
     devices: Optional[int] = None
     stall_steps: int = 10
+    init_theta: Optional[str] = None
     execution: Execution = Execution()
     task: Optional[TaskSection] = None
     lopt: dict = dataclasses.field(default_factory=lambda: {"kind": "mlp_lopt"})
@@ -157,6 +159,8 @@ class RunConfig:
             v.check_int(getattr(self, name), name, 1, MAX_STEPS)
         if self.devices is not None:
             v.check_int(self.devices, "devices", 1, MAX_STEPS)
+        if self.init_theta is not None:
+            v.check_name(self.init_theta, "init_theta", pattern=False)
         if self.task is None:
             build(TaskSection, {}, "task")
         _check_history(self.outer.schedule_history, self.outer_steps)

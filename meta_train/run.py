@@ -179,6 +179,7 @@ class Built(NamedTuple):
     mesh: Any
     outer_optimizer: Any
     trainer: Any
+    theta: Any  # the initial theta: fresh, or from ``init_theta``
 
 
 def build(cfg: dict) -> Built:
@@ -218,7 +219,31 @@ def build(cfg: dict) -> Built:
                               f"number of devices {n} (change the population or set devices=)")
     _check_step_counts(trainer)
     _check_memory(lopt, trainer, mesh)
-    return Built(cfg, family, task_configs, tasks, lopt, mesh, outer_optimizer, trainer)
+    theta = initial_theta(lopt, cfg["seed"], cfg["init_theta"])
+    return Built(cfg, family, task_configs, tasks, lopt, mesh, outer_optimizer, trainer, theta)
+
+
+def initial_theta(lopt: Any, seed: int, init_theta: str | None) -> Any:
+    """The theta a run starts from: ``lopt.init``, with the weights of ``init_theta`` (a shipped
+    name, a run folder or a saved optimizer) in place of every entry they have
+    (``LearnedOptimizer.warm_start``).
+
+    Raises:
+      ConfigError: ``init_theta`` unreadable or not this optimizer's weights, naming why.
+    """
+    import metaopt
+
+    theta = lopt.init(jax.random.fold_in(jax.random.key(seed), 0))
+    if init_theta is None:
+        return theta
+    try:
+        source, weights = metaopt.load(init_theta)
+    except ValueError as e:  # CheckpointError among them
+        raise ConfigError(f"init_theta: {init_theta!r}: {_first_line(e)}") from None
+    try:
+        return lopt.warm_start(theta, source, weights)
+    except ValueError as e:
+        raise ConfigError(f"init_theta: {_first_line(e)}") from None
 
 
 def _check_step_counts(trainer: Any) -> None:
@@ -436,8 +461,7 @@ def make_step_fn(built: Built, state: Any):
 
 def _initial_state(built: Built):
     key = jax.random.key(built.cfg["seed"])
-    theta = built.lopt.init(jax.random.fold_in(key, 0))
-    state = built.trainer.init(jax.random.fold_in(key, 2), theta)
+    state = built.trainer.init(jax.random.fold_in(key, 2), built.theta)
     return sharding.place_on_mesh(state, built.mesh), jax.random.fold_in(key, 1)
 
 

@@ -40,6 +40,8 @@ class LearnedOptimizer(abc.ABC):
     """Base class: subclasses are frozen dataclasses of static architecture choices."""
 
     kind: ClassVar[str]
+    # Settings that only shape a fresh theta, or add entries to it: a warm start may change them.
+    init_fields: ClassVar[tuple] = ()
 
     @abc.abstractmethod
     def init(self, key: jax.Array) -> PyTree:
@@ -83,3 +85,36 @@ class LearnedOptimizer(abc.ABC):
             if tuple(exp.shape) != tuple(getattr(got, "shape", ())):
                 raise ValueError(f"theta{jax.tree_util.keystr(path)}: shape {tuple(got.shape)} does not match "
                                  f"expected {tuple(exp.shape)}")
+
+    def warm_start(self, fresh: PyTree, source: "LearnedOptimizer", theta: PyTree) -> PyTree:
+        """``fresh`` (from ``init``) with every entry of ``source``'s ``theta`` put in its place.
+
+        Meta-training can start from trained weights (a shipped optimizer) rather than a fresh
+        theta. ``source`` must be this optimizer but for ``init_fields``; entries this one adds
+        (a weight decay's, say) keep their fresh values.
+
+        Raises:
+          ValueError: a different kind, a differing setting outside ``init_fields``, or an entry
+            this optimizer lacks or shapes differently, named.
+        """
+        if source.kind != self.kind:
+            raise ValueError(f"kind: the weights are a {source.kind!r}, this optimizer a {self.kind!r}")
+        mine, theirs = self.config(), source.config()
+        differing = [k for k in sorted(set(mine) | set(theirs))
+                     if k not in self.init_fields and mine.get(k) != theirs.get(k)]
+        if differing:
+            k = differing[0]
+            raise ValueError(f"{k}: the weights were trained with {theirs.get(k)!r}, this optimizer has "
+                             f"{mine.get(k)!r} (only {list(self.init_fields)} may differ)")
+        if not (isinstance(fresh, dict) and isinstance(theta, dict)):
+            self.check_theta(theta)
+            return theta
+        out = dict(fresh)
+        for name, value in theta.items():
+            if name not in fresh:
+                raise ValueError(f"theta[{name!r}]: the weights have it, this optimizer does not")
+            if tuple(fresh[name].shape) != tuple(value.shape):
+                raise ValueError(f"theta[{name!r}]: shape {tuple(value.shape)} in the weights, "
+                                 f"{tuple(fresh[name].shape)} here")
+            out[name] = value
+        return out

@@ -112,6 +112,15 @@ class MLPLOpt(LearnedOptimizer):
         matrices and convolution kernels, seen as (fan_in, fan_out)) by its Newton–Schulz
         orthogonalisation at the same RMS (``metaopt.orthogonalize``), as Celo2 does; input,
         output, embedding and bias tensors keep the learned step.
+      weight_decay: ``None`` (no decay), or the initial rate of a learned decoupled weight decay:
+        every tensor of two or more dimensions (matrices, kernels, embeddings; not biases or
+        norm scales) also shrinks by rate(t) * p per step, with rate(t) = ``weight_decay`` *
+        exp(``weight_decay_lambda`` * (decay_b + time features . decay_time)); ``decay_b`` and
+        ``decay_time`` are in theta. A fresh theta decays the rate by ``init_decay``'s cosine, as
+        AdamW's decay follows its learning-rate schedule. The rate is per step and does not depend
+        on width, so under µP it transfers across widths (Wang & Aitchison 2024).
+      weight_decay_lambda: scale inside the decay's exponential, so that an outer step of the
+        meta-optimizer's size moves the rate by a useful fraction (like ``lambda2``).
       row_block: on CPU, the step of a large matrix runs in blocks of rows of about this many
         entries, which bounds the memory of the per-entry network; ``None`` runs every matrix in
         one block, as accelerators do (XLA's FLOP count then covers every block). The order of
@@ -125,9 +134,14 @@ class MLPLOpt(LearnedOptimizer):
 
     References:
       Therien et al., "µLO: Compute-Efficient Meta-Generalization of Learned Optimizers", ICLR 2026.
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019 (``weight_decay``).
+      Wang & Aitchison, "How to set AdamW's weight decay as you scale model and dataset size",
+      2024 (the per-step rate as the quantity that transfers).
     """
 
     kind: ClassVar[str] = "mlp_lopt"
+    init_fields: ClassVar[tuple] = ("output_init_scale", "init_rule", "init_learning_rate", "init_decay",
+                                    "weight_decay", "weight_decay_lambda", "row_block")
 
     hidden_size: int = 32
     num_hidden_layers: int = 2
@@ -147,6 +161,8 @@ class MLPLOpt(LearnedOptimizer):
     init_learning_rate: float = 0.1
     init_decay: Optional[float] = None
     orthogonalize: bool = False
+    weight_decay: Optional[float] = None
+    weight_decay_lambda: float = 10.0
     row_block: Optional[int] = 32768
 
     def __post_init__(self):
@@ -169,6 +185,9 @@ class MLPLOpt(LearnedOptimizer):
         v.check_number(self.second_moment_decay, "second_moment_decay", low=0.0, high=1.0, high_open=True)
         v.check_number(self.eps, "eps", low=0.0, low_open=True)
         v.check_number(self.output_init_scale, "output_init_scale", low=0.0)
+        v.check_number(self.weight_decay, "weight_decay", low=0.0, high=1.0, low_open=True, high_open=True,
+                       allow_none=True)
+        v.check_number(self.weight_decay_lambda, "weight_decay_lambda", low=0.0, low_open=True)
         if self.features is not None:
             if isinstance(self.features, str) or not isinstance(self.features, tuple):
                 raise TypeError(f"features: expected None or a list of feature names, got {self.features!r}")
@@ -219,11 +238,31 @@ class MLPLOpt(LearnedOptimizer):
           ``{"w0", "b0", "w0_time", "w1", "b1", ...}``: layer i maps sizes[i] -> sizes[i+1], where
           sizes = [num features, hidden_size x num_hidden_layers, 2]; ``w0_time`` maps the time
           features into layer 0 (shape (num_time_features, sizes[1])). Output column 0 is the
-          direction, column 1 the magnitude.
+          direction, column 1 the magnitude. With ``weight_decay``, also ``decay_b`` (a scalar)
+          and ``decay_time`` (num_time_features,), the log-rate of the decay over
+          ``weight_decay_lambda`` (see ``decay_rate``).
         """
-        if self.init_rule is not None:
-            return self.rule_theta(key)
-        return self._random_theta(key)
+        theta = self.rule_theta(key) if self.init_rule is not None else self._random_theta(key)
+        if self.weight_decay is not None:
+            theta.update(self._decay_theta())
+        return theta
+
+    def _decay_theta(self) -> dict:
+        """The decay's fresh log-rate: ``init_decay``'s cosine in t/T (constant without it)."""
+        fit_w, fit_b = self._decay_fit()
+        decay_time = jnp.zeros((self.num_time_features,), jnp.float32)
+        if fit_w is not None:
+            decay_time = decay_time.at[:len(fit_w)].set(-fit_w / self.weight_decay_lambda)
+        return {"decay_b": jnp.asarray(-fit_b / self.weight_decay_lambda, jnp.float32),
+                "decay_time": decay_time}
+
+    def decay_rate(self, theta: dict, time_vec: jax.Array) -> jax.Array:
+        """The decoupled weight decay's rate per step at the time features ``time_vec`` (0 without
+        ``weight_decay``)."""
+        if self.weight_decay is None:
+            return jnp.zeros([], jnp.float32)
+        log_rate = theta["decay_b"] + time_vec @ theta["decay_time"]
+        return self.weight_decay * jnp.exp(self.weight_decay_lambda * log_rate)
 
     def _random_theta(self, key: jax.Array) -> dict:
         sizes = self._layer_sizes()
@@ -539,7 +578,9 @@ class MLPLOpt(LearnedOptimizer):
                     offset += size
             steps = [orthogonalized(s) if o and s.ndim >= 2 else s for s, o in zip(steps, orthogonal)]
             step_size = jnp.asarray(step_size, jnp.float32)
-            out = [(-(step_size * jnp.asarray(s, jnp.float32)) * u).astype(p.dtype)
+            decay = step_size * self.decay_rate(theta, time_vec)
+            out = [(-(step_size * jnp.asarray(s, jnp.float32)) * u
+                    - (decay * p if self.weight_decay is not None and p.ndim >= 2 else 0.0)).astype(p.dtype)
                    for u, p, s in zip(steps, p_leaves, scales)]
             return jax.tree.unflatten(out_treedef, out), state
 

@@ -441,3 +441,19 @@ def test_config_names_the_trainers_estimators():
     from metaopt.meta_train import config
 
     assert config.ESTIMATORS == ESTIMATORS
+
+
+def test_init_theta_starts_from_saved_weights_and_is_checked(reference_run, tmp_path):
+    run_dir, weights = reference_run
+    cfg = config_lib.resolve(dict(TINY, init_theta=str(run_dir),
+                                  lopt=dict(TINY["lopt"], weight_decay=1e-3)))
+    built = run_lib.build(cfg)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(built.theta[name], value)
+    assert set(built.theta) - set(weights) == {"decay_b", "decay_time"}
+    bad = [(str(tmp_path / "absent"), {}, "init_theta: "),
+           (str(run_dir), {"hidden_size": 4}, "init_theta: hidden_size: the weights were trained with 8")]
+    for path, lopt, message in bad:
+        cfg = config_lib.resolve(dict(TINY, init_theta=path, lopt=dict(TINY["lopt"], **lopt)))
+        with pytest.raises(config_lib.ConfigError, match=f"^{re.escape(message)}"):
+            run_lib.build(cfg)

@@ -430,3 +430,58 @@ def test_orthogonalize_changes_only_hidden_matrices():
     np.testing.assert_allclose(np.sqrt(np.mean(hidden_ortho ** 2)), np.sqrt(np.mean(hidden ** 2)), rtol=1e-4)
     condition = [float(np.linalg.cond(x)) for x in (hidden, hidden_ortho)]
     assert condition[1] < 3 < condition[0], condition
+
+
+# --- learned decoupled weight decay ----------------------------------------------------------
+
+def test_weight_decay_shrinks_matrices_only_by_its_rate():
+    plain = dataclasses.replace(SMALL, init_rule="momentum_over_rms_0.9", init_decay=0.01)
+    decayed = dataclasses.replace(plain, weight_decay=0.003)
+    theta = decayed.init(jax.random.key(0))
+    shared = {k: v for k, v in theta.items() if not k.startswith("decay_")}
+    assert set(theta) - set(shared) == {"decay_b", "decay_time"}
+    params = init_mlp(jax.random.key(0), [4, 16, 8, 1])
+    up, up_decayed = _first_update(plain, shared, params), _first_update(decayed, theta, params)
+    rate = float(decayed.decay_rate(theta, tf.time_features(0, 50, True, True)))
+    assert rate == pytest.approx(0.003, rel=0.05)
+    for name in ("l0", "l1", "l2"):
+        np.testing.assert_allclose(up_decayed[name]["w"], up[name]["w"] - rate * params[name]["w"],
+                                   rtol=1e-5, atol=1e-8)
+        np.testing.assert_array_equal(up_decayed[name]["b"], up[name]["b"])
+
+
+def test_weight_decay_rate_follows_the_cosine_and_is_learnable():
+    lo = dataclasses.replace(SMALL, init_rule="momentum_over_rms_0.9", init_decay=0.01, weight_decay=0.002,
+                             step_features=False)
+    theta = lo.init(jax.random.key(0))
+    rates = [float(lo.decay_rate(theta, tf.time_features(t, 1000, True, False))) for t in (0, 500, 999)]
+    assert rates[0] == pytest.approx(0.002, rel=0.05)
+    assert rates[1] == pytest.approx(0.002 * 0.505, rel=0.1)
+    assert rates[2] < 0.1 * rates[0]
+    # One outer step of size 1e-2 on decay_b moves the rate by about weight_decay_lambda percent.
+    moved = dict(theta, decay_b=theta["decay_b"] + 0.01)
+    ratio = float(lo.decay_rate(moved, tf.time_features(0, 1000, True, False))) / rates[0]
+    assert ratio == pytest.approx(np.exp(0.01 * lo.weight_decay_lambda), rel=1e-4)
+
+
+@pytest.mark.parametrize("field, value", [("weight_decay", 0.0), ("weight_decay", 1.5),
+                                          ("weight_decay", "0.1"), ("weight_decay_lambda", 0.0)])
+def test_bad_weight_decay_is_refused(field, value):
+    with pytest.raises((TypeError, ValueError), match=f"^{field}: "):
+        dataclasses.replace(SMALL, **{field: value})
+
+
+def test_warm_start_keeps_the_weights_and_adds_the_decay():
+    source = dataclasses.replace(SMALL, init_rule="momentum_over_rms_0.9")
+    weights = source.init(jax.random.key(4))
+    target = dataclasses.replace(source, weight_decay=1e-3, init_learning_rate=0.5)
+    fresh = target.init(jax.random.key(0))
+    theta = target.warm_start(fresh, source, weights)
+    target.check_theta(theta)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(theta[name], value)
+    np.testing.assert_array_equal(theta["decay_time"], fresh["decay_time"])
+    with pytest.raises(ValueError, match="^hidden_size: the weights were trained with 8"):
+        dataclasses.replace(target, hidden_size=4).warm_start(fresh, source, weights)
+    with pytest.raises(ValueError, match=r"^theta\['decay_b'\]: the weights have it"):
+        source.warm_start(source.init(jax.random.key(0)), target, theta)
