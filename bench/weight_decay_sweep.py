@@ -1,9 +1,10 @@
 """A learned optimizer with a decoupled weight decay added at several rates: training against
 held-out loss on one MNIST-1D cell.
 
-The optimizer's weights are kept and ``lopt.weight_decay`` is set to each rate (its fresh decay
-schedule: the rate times ``init_decay``'s cosine in t/T, on every tensor of two or more
-dimensions), which is the theta a run with ``init_theta`` and that ``weight_decay`` starts from. The
+The optimizer (one without a decay) keeps its weights, and ``lopt.weight_decay`` is set to each
+rate (its fresh decay schedule: the rate times ``init_decay``'s cosine in t/T, on every tensor of
+two or more dimensions), which is the theta a run with ``init_theta`` and that ``weight_decay``
+starts from. The
 cell defaults to the µP MLP of width 64 and depth 3 for 2000 steps: one of the meta-training tasks
 of ``configs/pretrained_mulo_v4.yaml`` at its longest horizon. Printed: the final training loss
 (mean of the last 5% of steps) and the held-out loss of the final parameters, means over seeds.
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     base, _ = metaopt.load(args.optimizer)
+    if getattr(base, "weight_decay", None) is not None:
+        parser.error(f"--optimizer: {args.optimizer} already has a weight decay; give one without")
     family = get_family("mlp_mnist1d")
     task = family.task(family.make_config(dataset="mnist1d", width_multiplier=args.width, base_width=64,
                                           depth=3, activation="relu", batch_size=64, parametrization="mup"))

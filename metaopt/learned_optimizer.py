@@ -40,7 +40,8 @@ class LearnedOptimizer(abc.ABC):
     """Base class: subclasses are frozen dataclasses of static architecture choices."""
 
     kind: ClassVar[str]
-    # Settings that only shape a fresh theta, or add entries to it: a warm start may change them.
+    # Settings a warm start may change: those that only shape a fresh theta, and those that add
+    # entries to it (the added entries keep their fresh values).
     init_fields: ClassVar[tuple] = ()
 
     @abc.abstractmethod
