@@ -9,7 +9,7 @@ the final training loss (mean over the last 10% of steps and over seeds) and its
 Adam's; below 1 the learned optimizer wins. The geometric mean of the ratios summarises each
 optimizer. Where losses near zero differ by decades between seeds, one seed sets the mean over
 seeds, so the report also gives the geometric mean of the ratios of seed medians, and
-``results.json`` keeps every seed's final loss.
+``results.json`` keeps every seed's final loss; ``ratios.png`` draws the ratios.
 
     python bench/user_models.py                       # every shipped learned optimizer, 400 steps
     python bench/user_models.py --optimizers mulo-v2 --steps 400 --seeds 2 --out docs/results/user_models
@@ -72,6 +72,33 @@ def _geometric_mean(ratios: list[float]) -> float:
     if not all(math.isfinite(x) and x > 0 for x in ratios):
         return math.inf
     return math.exp(float(np.mean(np.log(ratios))))
+
+
+def plot_ratios(rows: list[dict], names: list[str], path: Path) -> None:
+    """Bars: each optimizer's ratio to tuned Adam per model (log scale; below the line at 1 the
+    learned optimizer wins). Dots: each seed's final loss over tuned Adam's mean, where kept."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.6 + 1.3 * len(rows), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = np.arange(len(rows)) + (i - (len(names) - 1) / 2) * width
+        ratios = [r["learned"][name] / r["adam"] for r in rows]
+        ax.bar(xs, ratios, width, label=name, color=f"C{i}")
+        for x, r in zip(xs, rows):
+            seeds = r.get("learned_seeds", {}).get(name)
+            if seeds:
+                ax.plot([x] * len(seeds), np.asarray(seeds) / r["adam"], ".", color="k", markersize=3)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(rows)), [r["model"] for r in rows], rotation=20)
+    ax.set_ylabel("final training loss / tuned Adam's")
+    ax.set_title("bars: mean over seeds; dots: single seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def _earlier_rows(out, steps: int, seeds: int) -> dict:
@@ -159,6 +186,7 @@ def main(argv=None) -> int:
                                                        "geometric_mean_of_seed_medians": geo_median},
                                                       indent=1))
         (out / "results.md").write_text(table + "\n")
+        plot_ratios(rows, names, out / "ratios.png")
     return 0
 
 
