@@ -1,5 +1,5 @@
 """The quickstart runs end to end through the command line, and its meta-training is reproducible
-bit for bit: theta after its 300 outer steps has a pinned digest.
+bit for bit: theta after its 300 outer steps has a pinned digest (one per kind of CPU).
 
 The digest is the sha256 of every leaf of theta (key path, dtype, shape and bytes, leaves in sorted
 key-path order). Any change to the program layer that alters the random-number layout, the order of
@@ -22,8 +22,13 @@ import metaopt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# theta of configs/quickstart.yaml after its 300 outer steps, on CPU.
-QUICKSTART_DIGEST = "73922c88855571155b5f74a8ce807e54d8b17e1d374edaecfe5f4c7831a769eb"
+# theta of configs/quickstart.yaml after its 300 outer steps, on CPU. XLA compiles different CPU
+# code for different instruction sets (vector widths change the order of floating-point reductions),
+# so the run is bit-for-bit reproducible on one kind of CPU and each kind has its own digest.
+QUICKSTART_DIGESTS = {
+    "73922c88855571155b5f74a8ce807e54d8b17e1d374edaecfe5f4c7831a769eb",  # the CPU this test was first pinned on
+    "5a2ab06757d4806ab5fc83a7391304b2affa0015d7de2b28652b34072148e9c2",  # AMD EPYC (AVX2, no AVX-512)
+}
 
 
 def theta_digest(theta) -> str:
@@ -57,4 +62,4 @@ def test_quickstart_runs_end_to_end_and_its_theta_is_pinned(tmp_path):
     assert isinstance(lopt, metaopt.MLPLOpt)
     lopt.check_theta(theta)
     assert metaopt.checkpoint.load_metadata(run_dir)["task"]["family"] == "mlp_mnist1d"
-    assert theta_digest(theta) == QUICKSTART_DIGEST
+    assert theta_digest(theta) in QUICKSTART_DIGESTS
