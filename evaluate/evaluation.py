@@ -49,14 +49,16 @@ def default_out(checkpoint: str, suite_name: str) -> str:
 
 
 def load_checkpoint(checkpoint: str):
-    """(lopt, theta, metadata) of a checkpoint; ``ValueError`` naming ``checkpoint`` when unusable."""
+    """(lopt, theta, metadata) of a checkpoint folder or shipped name; ``ValueError`` naming
+    ``checkpoint`` when unusable."""
     import metaopt
     from metaopt import checkpoint as ckpt
 
     if not isinstance(checkpoint, (str, os.PathLike)) or not str(checkpoint):
         raise ValueError(f"checkpoint: expected a folder, got {checkpoint!r}")
-    if not os.path.exists(checkpoint):
-        raise ValueError(f"checkpoint: no such folder {str(checkpoint)!r}")
+    if not os.path.exists(checkpoint) and ckpt.shipped_path(checkpoint) is None:
+        raise ValueError(f"checkpoint: no such folder or shipped name {str(checkpoint)!r} "
+                         f"(shipped: {', '.join(i.name for i in metaopt.pretrained.list())})")
     try:
         lopt, theta = metaopt.load(checkpoint)
         metadata = ckpt.load_metadata(checkpoint)

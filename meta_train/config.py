@@ -5,7 +5,7 @@ A config file holds these sections (``--print-config`` prints one resolved)::
     name: quickstart            # run name; the default run folder is runs/<name>
     seed: 0                     # seeds theta, the task draws and every outer step's key
     run_dir: null               # folder for config.yaml, metrics.jsonl, events, checkpoints, theta
-    outer_steps: 300            # number of outer (meta) steps
+    outer_steps: 300            # number of outer (meta) steps (0: theta is the initial theta)
     checkpoint_every: 50        # outer steps between checkpoints (one is always written at the end)
     log_every: 10               # outer steps between metrics records
     devices: null               # number of devices the population axis is sharded over (null: all)
@@ -155,7 +155,8 @@ class RunConfig:
         run_dir = os.path.join("runs", self.name) if self.run_dir is None else self.run_dir
         v.check_name(run_dir, "run_dir", pattern=False)
         object.__setattr__(self, "run_dir", run_dir)
-        for name in ("outer_steps", "checkpoint_every", "log_every", "stall_steps"):
+        v.check_int(self.outer_steps, "outer_steps", 0, MAX_STEPS)
+        for name in ("checkpoint_every", "log_every", "stall_steps"):
             v.check_int(getattr(self, name), name, 1, MAX_STEPS)
         if self.devices is not None:
             v.check_int(self.devices, "devices", 1, MAX_STEPS)

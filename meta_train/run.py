@@ -600,6 +600,9 @@ def _run_locked(built: Built, plan: Plan, max_outer_steps_this_run: int | None,
     interval_start = time.perf_counter()
     run_start = interval_start
     try:
+        if total == 0:  # no meta-training: the run's theta is its initial theta (see ``initial_theta``)
+            logger.log(0, {"wall_s": 0.0})
+            save_checkpoint(built, store, state, 0)
         for t in range(start, end):
             group = t % num_groups
             key = jax.random.fold_in(step_key, t)

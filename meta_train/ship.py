@@ -48,13 +48,21 @@ def _meta_training_seconds(run_dir: Path) -> Optional[float]:
     return None
 
 
+def _cost_of(init_theta: str) -> str:
+    """`` (its cost)`` when ``init_theta`` names a shipped optimizer, else nothing."""
+    for info in shipped.list_pretrained():
+        if info.name == init_theta and info.cost:
+            return f" ({info.cost})"
+    return ""
+
+
 def package_run(run_dir: Any, name: str, description: str, command: str, *,
                 out_root: Any = None, overwrite: bool = False) -> Path:
     """Turns a finished meta-training run into a shipped learned optimizer.
 
     The record stored beside theta names the config (its full resolved text), the code version,
     the command that reproduces the run and its cost (wall-clock meta-training time on the machine
-    that made it).
+    that made it, and the cost of the shipped weights it started from, if any).
 
     Args:
       run_dir: a ``meta_train`` run folder.
@@ -74,6 +82,9 @@ def package_run(run_dir: Any, name: str, description: str, command: str, *,
     config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     cost = (f"{seconds / 60:.0f} minutes of meta-training on 2 CPU cores" if seconds is not None
             else "unknown")
+    init_theta = (metadata.get("run_config") or {}).get("init_theta")
+    if init_theta:
+        cost += f", starting from {init_theta}" + _cost_of(init_theta)
     metadata["pretrained"] = {
         "name": name,
         "description": description,

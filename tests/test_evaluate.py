@@ -19,7 +19,7 @@ import pytest
 import metaopt
 from metaopt.baselines import LR_RANGES
 from metaopt.evaluate import cells as cells_lib
-from metaopt.evaluate import cli, evaluate_suite, list_suites, load_suite, stats, store, suites, tuning
+from metaopt.evaluate import cli, evaluate_suite, evaluation, list_suites, load_suite, stats, store, suites, tuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_LOPT = dict(hidden_size=4, num_hidden_layers=1, features=("grad", "momentum_0.9", "rms"),
@@ -364,6 +364,14 @@ def test_module_entry_point_rejects_a_missing_checkpoint(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: checkpoint: no such folder")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_shipped_name_is_a_checkpoint():
+    lopt, _, metadata = evaluation.load_checkpoint("mulo-mlp")
+    assert lopt == metaopt.pretrained.load("mulo-mlp")[0] and metadata["pretrained"]["name"] == "mulo-mlp"
+    with pytest.raises(ValueError, match="^checkpoint: no such folder or shipped name 'mulo-none' "
+                                         r"\(shipped: .*mulo-mlp"):
+        evaluation.load_checkpoint("mulo-none")
 
 
 # ----------------------------------------------------------------------------------------------

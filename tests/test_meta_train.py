@@ -443,6 +443,28 @@ def test_config_names_the_trainers_estimators():
     assert config.ESTIMATORS == ESTIMATORS
 
 
+def test_zero_outer_steps_saves_the_initial_theta_and_ships_with_its_origin(reference_run, tmp_path):
+    """``outer_steps: 0`` with ``init_theta`` turns trained weights plus new settings (here a weight
+    decay) into a run folder that ships like any other, its cost naming where it started."""
+    from metaopt.meta_train import ship
+
+    source, _ = reference_run
+    cfg = config_lib.resolve(dict(TINY, outer_steps=0, init_theta=str(source), run_dir=str(tmp_path / "run"),
+                                  lopt=dict(TINY["lopt"], weight_decay=1e-3)))
+    built = run_lib.build(cfg)
+    result = run_lib.run(built, run_lib.plan_run_dir(cfg), progress=False)
+    assert result.finished and result.outer_step == 0
+    lopt, theta = metaopt.load(tmp_path / "run")
+    assert lopt.weight_decay == 1e-3
+    assert_same_theta(theta, built.theta)
+    path = ship.package_run(tmp_path / "run", "tiny", "a tiny test optimizer",
+                            "python -m meta_train --config configs/tiny.yaml", out_root=tmp_path / "shipped")
+    cost = ckpt_lib.load_metadata(path)["pretrained"]["cost"]
+    assert cost == f"0 minutes of meta-training on 2 CPU cores, starting from {source}"
+    with pytest.raises(config_lib.ConfigError, match="^outer_steps: "):
+        config_lib.resolve(dict(TINY, outer_steps=-1))
+
+
 def test_init_theta_starts_from_saved_weights_and_is_checked(reference_run, tmp_path):
     run_dir, weights = reference_run
     cfg = config_lib.resolve(dict(TINY, init_theta=str(run_dir),

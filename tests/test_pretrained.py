@@ -11,7 +11,7 @@ from metaopt import shipped
 from metaopt.meta_train import ship
 from metaopt.tasks import get_family
 
-SHIPPED = ("mulo-mlp", "lo-mlp-sp", "schedule-adamw", "mulo-v6", "mulo-v7")
+SHIPPED = ("mulo-mlp", "lo-mlp-sp", "schedule-adamw", "mulo-v6", "mulo-v7", "mulo-v8")
 NUM_STEPS = 150
 
 
