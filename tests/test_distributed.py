@@ -23,6 +23,7 @@ import yaml
 
 import metaopt
 from metaopt.meta_train import checkpoints, cli, launch, sharding
+from conftest import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
@@ -44,7 +45,7 @@ def env(tmp_path_factory):
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu",
                METAOPT_HEARTBEAT_TIMEOUT_S="10", METAOPT_INIT_TIMEOUT_S="120")
     out["PYTHONPATH"] = ROOT + os.pathsep + out.get("PYTHONPATH", "")
-    out.pop("XLA_FLAGS", None)
+    out["XLA_FLAGS"] = TEST_XLA_FLAGS
     return out
 
 
@@ -69,7 +70,7 @@ def run_one_process(env, config, run_dir, overrides, *extra, devices=2):
     """One process with ``devices`` forced host devices."""
     proc = subprocess.run(program(config, run_dir, overrides, *extra), cwd=ROOT, capture_output=True, text=True,
                           timeout=TIMEOUT_S,
-                          env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
+                          env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -26,6 +26,7 @@ import metaopt
 from metaopt import checkpoint as ckpt_lib
 from metaopt import tasks as tasks_lib
 from metaopt.meta_train import cli, config as config_lib, run as run_lib
+from conftest import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -52,7 +53,7 @@ def env(tmp_path_factory):
     out.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
     out["PYTHONPATH"] = ROOT + os.pathsep + out.get("PYTHONPATH", "")
-    out.pop("XLA_FLAGS", None)
+    out["XLA_FLAGS"] = TEST_XLA_FLAGS
     return out
 
 
@@ -357,7 +358,7 @@ def test_four_devices_match_one(reference_run, tiny_config, env, tmp_path):
         "print('odd status', status, file=sys.stderr)\n"
         f"sys.exit(main(args + ['run_dir={four}']))\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+                          env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert lines[0] == ("error: estimator: the population size 6 must be a multiple of the number of devices 4 "

@@ -17,6 +17,7 @@ import metaopt
 from metaopt.meta import MetaState, make_meta_trainer
 from metaopt.tasks import get_family
 from metaopt.unroll import train
+from conftest import TEST_XLA_FLAGS
 
 EVAL_STEPS = 24
 FAMILY = get_family("quadratic")
@@ -217,7 +218,7 @@ def test_four_devices_match_one(trained):
     state = state0
     for i in range(2):
         state, _ = step(state, jax.random.fold_in(jax.random.key(2), i), 0)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,

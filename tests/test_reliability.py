@@ -26,6 +26,7 @@ from metaopt.meta_train import checkpoints as run_ckpts
 from metaopt.meta_train import cli, faults
 from metaopt.meta_train.lock import LOCK_FILE, RunLock, read_owner
 from legacy_checkpoint import write_format_2
+from conftest import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +68,7 @@ def env(tmp_path_factory):
     out.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
     out["PYTHONPATH"] = ROOT + os.pathsep + out.get("PYTHONPATH", "")
-    out.pop("XLA_FLAGS", None)
+    out["XLA_FLAGS"] = TEST_XLA_FLAGS
     out.pop(faults.ENV, None)
     return out
 
