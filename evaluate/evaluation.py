@@ -22,6 +22,13 @@ from metaopt.evaluate import plots, report, store, suites
 __all__ = ["default_out", "load_checkpoint", "resolve_task", "evaluate_suite"]
 
 
+def _checkpoint_label(checkpoint: str) -> str:
+    """How results name ``checkpoint``: a shipped name as it is, a folder by its absolute path."""
+    from metaopt import checkpoint as ckpt
+
+    return str(checkpoint) if ckpt.shipped_path(checkpoint) is not None else os.path.abspath(checkpoint)
+
+
 def _checkpoint_root(checkpoint: str) -> tuple[str, bool]:
     """(the run folder or the save folder, whether it is a meta-training run folder)."""
     from metaopt import checkpoint as ckpt
@@ -213,7 +220,7 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
                                    "base_num_steps": base_num_steps, "theta_sha256": theta_sha,
                                    "lopt": {"kind": lopt.kind, "config": lopt.config()}})
     fp = store.fingerprint(identity)
-    manifest = {"suite": suite_cfg["suite"], "checkpoint": os.path.abspath(checkpoint),
+    manifest = {"suite": suite_cfg["suite"], "checkpoint": _checkpoint_label(checkpoint),
                 "theta_sha256": theta_sha, "fingerprint": fp, **identity}
     store.open_output(out, manifest)
 
@@ -264,7 +271,7 @@ def evaluate_suite(checkpoint: str, suite: str, *, out: Optional[str] = None, ov
 
     header = {
         "suite": suite_cfg["suite"],
-        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint": _checkpoint_label(checkpoint),
         "theta_sha256": theta_sha,
         "outer_step": metadata.get("outer_step"),
         "checkpoint_metadata": metadata,

@@ -284,11 +284,12 @@ def markdown(results: dict) -> str:
         *_loss_table(cells, names, "final_train_loss", axis), "",
         "## Final held-out loss", "",
         *_loss_table(cells, names, "final_eval_loss", axis), "",
-        "## Steps to the best baseline's final training loss", "",
-        "Mean step at which the smoothed training loss first reaches the target; in brackets the "
-        "speed-up over the best baseline.", "",
-        *_steps_table(cells, names), "",
     ]
+    if any(name != "learned" for name in names):
+        lines += ["## Steps to the best baseline's final training loss", "",
+                  "Mean step at which the smoothed training loss first reaches the target; in brackets the "
+                  "speed-up over the best baseline.", "",
+                  *_steps_table(cells, names), ""]
     lr_lines = _lr_table(cells, names)
     if lr_lines:
         lines += ["## Baseline learning rates", "", *lr_lines, ""]
