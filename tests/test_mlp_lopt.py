@@ -375,24 +375,27 @@ def test_matrix_path_matches_batched_path(lopt, monkeypatch):
     grads = {n: 1e-2 * jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys[len(shapes):])}
     theta = lopt.init(jax.random.key(1))
 
-    def run(theta):
-        tx = lopt.transform(theta, 50, multipliers=jax.tree.map(lambda _: 1.0, params))
-        state = tx.init(params)
-        for _ in range(3):
-            updates, state = tx.update(grads, state, params)
-        return updates
+    def updates_and_meta_grad(lopt):
+        """(updates after 3 steps, d meta-loss / d theta), compiled as one program for ``lopt``."""
+        def run(theta):
+            tx = lopt.transform(theta, 50, multipliers=jax.tree.map(lambda _: 1.0, params))
+            state = tx.init(params)
+            for _ in range(3):
+                updates, state = tx.update(grads, state, params)
+            return updates
 
-    def meta_loss(theta):
-        return sum(jnp.sum(jnp.sin(100.0 * u)) for u in jax.tree.leaves(run(theta)))
+        def meta_loss(theta):
+            return sum(jnp.sum(jnp.sin(100.0 * u)) for u in jax.tree.leaves(run(theta)))
 
-    batched = run(theta), jax.grad(meta_loss)(theta)
+        return jax.jit(lambda theta: (run(theta), jax.grad(meta_loss)(theta)))(theta)
+
+    batched = updates_and_meta_grad(lopt)
     # 64 entries per block: w_pad runs in 8 blocks of 5 rows (3 of them padding), w_even in blocks
     # of 4 rows, w_one in one block; w_small and b stay in the batched pass.
     monkeypatch.setattr(mlp_lopt, "_MATRIX_MIN_SIZE", 100)
     assert mlp_lopt._num_blocks(37, 12, 64) == (5, 8) and mlp_lopt._num_blocks(32, 16, 64) == (4, 8)
     assert mlp_lopt._num_blocks(10, 11, 64) == (10, 1) and mlp_lopt._num_blocks(37, 12, None) == (37, 1)
-    lopt = dataclasses.replace(lopt, row_block=64)
-    blocked = run(theta), jax.grad(meta_loss)(theta)
+    blocked = updates_and_meta_grad(dataclasses.replace(lopt, row_block=64))
     # Summation order differs, and sin(100 u) amplifies rounding: compare on each leaf's scale.
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(blocked)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * np.abs(a).max())
