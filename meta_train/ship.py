@@ -48,14 +48,6 @@ def _meta_training_seconds(run_dir: Path) -> Optional[float]:
     return None
 
 
-def _cost_of(init_theta: str) -> str:
-    """`` (its cost)`` when ``init_theta`` names a shipped optimizer, else nothing."""
-    for info in shipped.list_pretrained():
-        if info.name == init_theta and info.cost:
-            return f" ({info.cost})"
-    return ""
-
-
 def package_run(run_dir: Any, name: str, description: str, command: str, *,
                 out_root: Any = None, overwrite: bool = False) -> Path:
     """Turns a finished meta-training run into a shipped learned optimizer.
@@ -84,7 +76,9 @@ def package_run(run_dir: Any, name: str, description: str, command: str, *,
             else "unknown")
     init_theta = (metadata.get("run_config") or {}).get("init_theta")
     if init_theta:
-        cost += f", starting from {init_theta}" + _cost_of(init_theta)
+        cost += f", starting from {init_theta}"
+        if checkpoint.shipped_path(init_theta) is not None:
+            cost += f" ({shipped.info(init_theta).cost})"
     metadata["pretrained"] = {
         "name": name,
         "description": description,
